@@ -1,0 +1,69 @@
+"""Every deployment setting, in one place, read from `IUMAD_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IUMAD_", env_file=None, extra="ignore")
+
+    data_dir: Path = Field(Path("./iumad-data"), description="Samples, model versions, logs, embedded Redis.")
+    redis_url: str | None = Field(None, description="Redis URL; unset = start an embedded Redis.")
+    queue_name: str = "iumad-training"
+
+    backbone: str = "tf_efficientnet_lite0"
+    backbone_weights: Path | None = Field(None, description="Weights file (safetensors or timm state dict).")
+    image_size: int = 224
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    inference_backend: Literal["torch", "onnxruntime"] = "torch"
+    torch_threads: int | None = None
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch_size: int = 8
+    max_batch_wait_ms: float = 4.0
+    max_queue: int = 64
+    decode_threads: int = 4
+
+    # A 4096x4096 RGB PNG (worst case ~50 MB) + a float32 xyz TIFF (~200 MB) fit under this.
+    max_inspect_bytes: int = 300 * 1024 * 1024
+    max_enroll_bytes: int = 4 * 1024 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+    max_archive_members: int = 20000
+    max_archive_ratio: float = 200.0
+
+    inspect_api_keys: list[str] = Field(default_factory=list)
+    operator_api_keys: list[str] = Field(default_factory=list)
+
+    job_timeout_s: int = 3 * 3600
+    enroll_max_minutes: float = 5.0
+    forgetting_margin: float = 0.05
+    embedded_worker: bool = True
+    reconcile_interval_s: float = 2.0
+
+    keep_rejected_images: bool = False
+    rejected_max_mb: int = 1024
+    rejected_max_age_days: int = 30
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.inspect_api_keys or self.operator_api_keys)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.data_dir / "samples"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,39 @@
+"""Errors a user can cause. The CLI turns them into exit code 2, the gateway into a 4xx answer."""
+
+
+class IumadError(Exception):
+    """Base of every error caused by what a user sent or configured (never by a bug)."""
+
+    http_status = 400
+    code = "bad_request"
+
+
+class InputError(IumadError):
+    """Unreadable or inconsistent input data: a corrupt image, mismatched sizes, empty depth."""
+
+    http_status = 400
+    code = "invalid_input"
+
+
+class UnsupportedMediaError(InputError):
+    """A file in a format we do not read."""
+
+    http_status = 415
+    code = "unsupported_media_type"
+
+
+class NotFoundError(IumadError):
+    http_status = 404
+    code = "not_found"
+
+
+class ConflictError(IumadError):
+    http_status = 409
+    code = "conflict"
+
+
+class CheckpointError(IumadError):
+    """A model version that cannot be loaded: foreign, corrupt, or of an unknown format version."""
+
+    http_status = 422
+    code = "invalid_checkpoint"
