@@ -1,0 +1,186 @@
+"""A loaded model version ready to inspect parts: preprocessing, backbone, network, anomaly map.
+
+The gateway, the CLI's `eval`, the benchmark and the forgetting guard all call `InspectionModel`, so a
+part is scored the same way everywhere. The frozen backbone is shared by every version in a process
+(it never changes), so a hot swap only loads the small network.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.backbone import FrozenBackbone
+from model.checkpoint import Manifest, ObjectRecord, load_version
+from model.data.decode import check_same_size
+from model.data.depth import prepare_depth
+from model.data.rgb import prepare_rgb
+from model.errors import InputError, NotFoundError
+from model.network.anomaly_map import anomaly_maps
+from model.network.config import ModelConfig
+from model.network.feature_extractor import MultiScaleFeatures
+from model.network.iumad import IUMADNet
+
+_BACKBONES: dict[tuple[str, str | None], FrozenBackbone] = {}
+_BACKBONES_LOCK = threading.Lock()
+
+
+def shared_backbone(name: str, weights: Path | None = None) -> FrozenBackbone:
+    """One frozen backbone per (name, weights) per process."""
+    key = (name, str(weights) if weights else None)
+    with _BACKBONES_LOCK:
+        if key not in _BACKBONES:
+            _BACKBONES[key] = FrozenBackbone(name, weights)
+        return _BACKBONES[key]
+
+
+def feature_extractor_for(config: ModelConfig, weights: Path | None = None) -> MultiScaleFeatures:
+    return MultiScaleFeatures(shared_backbone(config.backbone, weights), config.feature_strides)
+
+
+@dataclass
+class InspectionInput:
+    rgb: np.ndarray  # uint8 (H, W, 3)
+    depth: np.ndarray | None = None  # float32 (H, W) z, NaN where invalid
+    object: str | None = None
+
+
+@dataclass
+class Prediction:
+    object: str
+    object_source: str  # "given" | "predicted"
+    object_confidence: float  # the classifier's probability for `object`
+    predicted_object: str
+    predicted_confidence: float
+    raw_score: float
+    anomaly_map: np.ndarray  # float32 (S, S) at network resolution
+    modalities: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PreparedBatch:
+    rgb: torch.Tensor  # (B, 3, S, S) in [0, 1]
+    depth: torch.Tensor  # (B, 3, S, S) in [0, 1]; zeros where missing
+    has_rgb: torch.Tensor  # (B,) bool
+    has_depth: torch.Tensor  # (B,) bool
+
+
+def prepare_inputs(items: Sequence[InspectionInput], image_size: int) -> PreparedBatch:
+    """Decode-side work (pure numpy); runs in the gateway's thread pool, not the inference thread."""
+    rgb, depth, has_depth = [], [], []
+    for index, item in enumerate(items):
+        if item.rgb.ndim != 3 or item.rgb.shape[2] != 3:
+            raise InputError(f"item {index}: rgb must be (H, W, 3), got shape {item.rgb.shape}")
+        check_same_size(item.rgb, item.depth, f"item {index}")
+        rgb.append(torch.from_numpy(prepare_rgb(item.rgb, image_size)))
+        if item.depth is None:
+            depth.append(torch.zeros(3, image_size, image_size))
+            has_depth.append(False)
+        else:
+            depth.append(torch.from_numpy(prepare_depth(item.depth, image_size)))
+            has_depth.append(True)
+    return PreparedBatch(torch.stack(rgb), torch.stack(depth), torch.ones(len(items), dtype=torch.bool),
+                         torch.tensor(has_depth, dtype=torch.bool))
+
+
+class InspectionModel:
+    """One model version in memory. Thread-compatible: the gateway calls it from one inference thread."""
+
+    def __init__(self, net: IUMADNet, manifest: Manifest, device: str = "cpu",
+                 backbone_weights: Path | None = None) -> None:
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        self.manifest = manifest
+        self.config = manifest.config
+        self.features = feature_extractor_for(self.config, backbone_weights).to(self.device)
+        self.by_name = {record.name: record for record in manifest.objects}
+        self.by_label = {record.label: record for record in manifest.objects}
+
+    @classmethod
+    def load(cls, directory: Path, device: str = "cpu", backbone_weights: Path | None = None) -> InspectionModel:
+        net, manifest = load_version(directory)
+        return cls(net, manifest, device, backbone_weights)
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def objects(self) -> list[ObjectRecord]:
+        return self.manifest.objects
+
+    def object(self, name: str) -> ObjectRecord:
+        if name not in self.by_name:
+            known = ", ".join(sorted(self.by_name)) or "none"
+            raise NotFoundError(f"unknown object {name!r}; enrolled objects: {known}")
+        return self.by_name[name]
+
+    @torch.inference_mode()
+    def extract(self, batch: PreparedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        rgb = self.features(batch.rgb.to(self.device))
+        if bool(batch.has_depth.any()):
+            depth = self.features(batch.depth.to(self.device))
+        else:
+            depth = torch.zeros_like(rgb)
+        return rgb, depth
+
+    @torch.inference_mode()
+    def errors(self, rgb_features: torch.Tensor, depth_features: torch.Tensor, has_rgb: torch.Tensor,
+               has_depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.error_maps(rgb_features.to(self.device), depth_features.to(self.device),
+                                   has_rgb.to(self.device), has_depth.to(self.device))
+
+    def predict_prepared(self, batch: PreparedBatch, objects: Sequence[str | None]) -> list[Prediction]:
+        rgb_features, depth_features = self.extract(batch)
+        errors, probabilities = self.errors(rgb_features, depth_features, batch.has_rgb, batch.has_depth)
+        return self.finish(errors.cpu(), probabilities.cpu(), batch.has_rgb, batch.has_depth, objects)
+
+    @torch.inference_mode()
+    def finish(self, errors: torch.Tensor, probabilities: torch.Tensor, has_rgb: torch.Tensor,
+               has_depth: torch.Tensor, objects: Sequence[str | None]) -> list[Prediction]:
+        """Object choice, per-object normalisation, anomaly map and score (shared by every backend)."""
+        records, sources, confidences, predicted = [], [], [], []
+        for index, name in enumerate(objects):
+            label = int(probabilities[index].argmax())
+            best = self.by_label[label]
+            predicted.append((best.name, float(probabilities[index, label])))
+            record = self.object(name) if name is not None else best
+            records.append(record)
+            sources.append("given" if name is not None else "predicted")
+            confidences.append(float(probabilities[index, record.label]))
+        present = torch.stack([has_rgb, has_depth], dim=1).clone()
+        for index, record in enumerate(records):  # use only the modalities the object was enrolled with
+            present[index, 0] &= "rgb" in record.modalities
+            present[index, 1] &= "depth" in record.modalities
+            if not bool(present[index].any()):
+                raise InputError(f"object {record.name!r} was enrolled with {'+'.join(record.modalities)} "
+                                 f"but the request has no such input")
+        mean = torch.tensor([record.norm_mean for record in records], dtype=errors.dtype)
+        std = torch.tensor([record.norm_std for record in records], dtype=errors.dtype)
+        maps, scores = anomaly_maps(errors, present, mean, std, self.config.image_size,
+                                    self.config.smoothing_sigma, self.config.score_pool)
+        results = []
+        for index, record in enumerate(records):
+            warnings = []
+            best_name, best_confidence = predicted[index]
+            if sources[index] == "given" and best_name != record.name and best_confidence >= 0.9:
+                warnings.append(f"the part looks like {best_name!r} (confidence {best_confidence:.2f}), "
+                                f"not the given object {record.name!r}")
+            modalities = [m for m, used in zip(("rgb", "depth"), present[index].tolist(), strict=True) if used]
+            results.append(Prediction(
+                object=record.name, object_source=sources[index], object_confidence=confidences[index],
+                predicted_object=best_name, predicted_confidence=best_confidence,
+                raw_score=float(scores[index]), anomaly_map=maps[index].numpy().astype(np.float32),
+                modalities=modalities, warnings=warnings,
+            ))
+        return results
+
+    def predict(self, items: Sequence[InspectionInput]) -> list[Prediction]:
+        batch = prepare_inputs(items, self.config.image_size)
+        return self.predict_prepared(batch, [item.object for item in items])

@@ -1,0 +1,59 @@
+"""The model configuration: every architectural choice and ablation switch, stored in each checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+FusionKind = Literal["cross_attention", "add", "concat"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "tf_efficientnet_lite0"
+    image_size: int = 224
+    feature_strides: tuple[int, ...] = (4, 8, 16)  # aligned to the stride-16 grid and concatenated
+    hidden_size: int = 256
+    num_layers: int = 2  # per modality branch; the paper's base uses 4+4, too slow to train on a CPU
+    num_heads: int = 8
+    ffn_ratio: float = 2.0
+    dropout: float = 0.0
+    # Mamba decoder (ES2D selective scan) in every layer, with a label classifier on its output.
+    use_mamba: bool = True
+    state_size: int = 16
+    expand: int = 2
+    # Information-bottleneck fusion module.
+    use_ibfm: bool = True
+    fusion: FusionKind = "cross_attention"
+    bottleneck_ratio: float = 0.5
+    bottleneck_dropout: float = 0.1
+    reconstruct_depth_in_fusion: bool = True  # the paper writes only F_org^RGB; depth-only defects need both
+    # Anomaly synthesis in training (feature jitter, UniAD/IUF style).
+    jitter_scale: float = 20.0
+    jitter_probability: float = 1.0
+    # Anomaly map.
+    smoothing_sigma: float = 4.0  # pixels at 224; scaled with image_size
+    score_pool: int = 16  # image score = max of the map after this average pooling (0 = plain max)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // 16
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["feature_strides"] = list(self.feature_strides)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+        values = dict(data)
+        if "feature_strides" in values:
+            values["feature_strides"] = tuple(values["feature_strides"])
+        if values.get("fusion", "cross_attention") not in ("cross_attention", "add", "concat"):
+            raise ValueError(f"fusion must be cross_attention, add or concat, not {values['fusion']!r}")
+        return cls(**values)

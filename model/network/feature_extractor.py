@@ -1,0 +1,55 @@
+"""MFEN: frozen backbone features of RGB and depth, aligned to the stride-16 grid, one token per cell.
+
+The backbone is frozen, so these features are cached for training; anomaly synthesis (feature jitter)
+happens on the cached tokens inside the network, in training only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.backbone import FrozenBackbone
+
+
+class MultiScaleFeatures(nn.Module):
+    """(B, 3, H, W) images in [0, 1] -> (B, C, H/16, W/16): stages average-pooled to the grid, concatenated."""
+
+    def __init__(self, backbone: FrozenBackbone, strides: Sequence[int] = (4, 8, 16)) -> None:
+        super().__init__()
+        missing = [s for s in strides if s not in backbone.strides]
+        if missing:
+            raise ValueError(f"backbone does not provide strides {missing}")
+        self.backbone = backbone
+        self.indices = [backbone.strides.index(s) for s in strides]
+        self.channels = sum(backbone.channels[i] for i in self.indices)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        maps = self.backbone(images)
+        height, width = images.shape[-2] // 16, images.shape[-1] // 16
+        aligned = []
+        for index in self.indices:
+            feature = maps[index]
+            if feature.shape[-2:] != (height, width):
+                feature = F.adaptive_avg_pool2d(feature, (height, width))
+            aligned.append(feature)
+        return torch.cat(aligned, dim=1)
+
+
+def feature_jitter(tokens: torch.Tensor, scale: float, probability: float) -> torch.Tensor:
+    """Turn normal tokens into synthetic anomalies: Gaussian noise scaled by each token's norm.
+
+    tokens (B, H, W, C); noise ~ N(0, (scale * ||t|| / C)^2), applied to a sample with `probability`.
+    """
+    if scale <= 0 or probability <= 0:
+        return tokens
+    norms = tokens.norm(dim=-1, keepdim=True) / tokens.shape[-1]
+    noise = torch.randn_like(tokens) * norms * scale
+    if probability < 1:
+        keep = (torch.rand(tokens.shape[0], 1, 1, 1, device=tokens.device) < probability).to(tokens.dtype)
+        noise = noise * keep
+    return tokens + noise

@@ -1,0 +1,120 @@
+"""IB-IUMAD: the unified, incremental RGB+depth reconstruction network (MRN x 2 + IBFM + label heads).
+
+It works on cached backbone tokens, not images: `model.inference` composes it with the frozen
+backbone. A modality that is missing for a sample (an RGB-only object, an inspection without a depth
+frame) is replaced by a learned "missing" token after its branch, and masked out of every loss and of
+the anomaly map.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.network.config import ModelConfig
+from model.network.feature_extractor import feature_jitter
+from model.network.fusion import InformationBottleneckFusion
+from model.network.mamba_decoder import LabelClassifier
+from model.network.reconstruction import ReconstructionBranch
+
+MODALITIES = ("rgb", "depth")
+
+
+class IUMADNet(nn.Module):
+    def __init__(self, config: ModelConfig, rgb_channels: int, depth_channels: int, num_classes: int) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError("a model needs at least one object")
+        self.config = config
+        dim = config.hidden_size
+        self.branches = nn.ModuleDict({
+            "rgb": ReconstructionBranch(config, rgb_channels, num_classes),
+            "depth": ReconstructionBranch(config, depth_channels, num_classes),
+        })
+        self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(dim)) for m in MODALITIES})
+        self.fusion = (InformationBottleneckFusion(config, rgb_channels, depth_channels, num_classes)
+                       if config.use_ibfm else None)
+        self.object_head = LabelClassifier(2 * dim, num_classes)
+        # Feature standardisation, fixed at the base step so later steps keep the same feature space.
+        for name, channels in (("rgb", rgb_channels), ("depth", depth_channels)):
+            self.register_buffer(f"{name}_mean", torch.zeros(channels))
+            self.register_buffer(f"{name}_std", torch.ones(channels))
+
+    @property
+    def num_classes(self) -> int:
+        return self.object_head.num_classes
+
+    def grow(self, num_classes: int) -> None:
+        """Add logits for new objects; old objects keep their label index."""
+        for branch in self.branches.values():
+            branch.grow(num_classes)
+        if self.fusion is not None:
+            self.fusion.grow(num_classes)
+        self.object_head.grow(num_classes)
+
+    def set_feature_statistics(self, rgb: torch.Tensor, depth: torch.Tensor | None) -> None:
+        """Per-channel mean/std from (N, C, H, W) normal features of the base step (None: keep 0/1)."""
+        for name, features in (("rgb", rgb), ("depth", depth)):
+            if features is None or features.shape[0] == 0:
+                continue
+            flat = features.transpose(0, 1).reshape(features.shape[1], -1).float()
+            getattr(self, f"{name}_mean").copy_(flat.mean(dim=1))
+            getattr(self, f"{name}_std").copy_(flat.std(dim=1).clamp_min(1e-4))
+
+    def standardise(self, modality: str, features: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) backbone features -> (B, H, W, C) standardised tokens."""
+        tokens = features.permute(0, 2, 3, 1)
+        return (tokens - getattr(self, f"{modality}_mean")) / getattr(self, f"{modality}_std")
+
+    def forward(self, rgb: torch.Tensor, depth: torch.Tensor, has_rgb: torch.Tensor, has_depth: torch.Tensor,
+                jitter: bool = False) -> dict[str, object]:
+        present = {"rgb": has_rgb.to(rgb.dtype).view(-1, 1, 1, 1),
+                   "depth": has_depth.to(depth.dtype).view(-1, 1, 1, 1)}
+        original = {"rgb": self.standardise("rgb", rgb), "depth": self.standardise("depth", depth)}
+        hidden, branch_reconstruction, layer_logits = {}, {}, {}
+        for modality in MODALITIES:
+            tokens = original[modality]
+            if jitter:
+                tokens = feature_jitter(tokens, self.config.jitter_scale, self.config.jitter_probability)
+            tokens = tokens * present[modality]
+            state, reconstruction, logits = self.branches[modality](tokens)
+            mask = present[modality]
+            hidden[modality] = state * mask + self.missing[modality] * (1 - mask)
+            branch_reconstruction[modality] = reconstruction
+            layer_logits[modality] = logits
+
+        pooled = torch.cat([hidden["rgb"], hidden["depth"]], dim=-1)
+        outputs: dict[str, object] = {
+            "original": original,
+            "present": present,
+            "branch_reconstruction": branch_reconstruction,
+            "layer_logits": layer_logits,
+            "object_logits": self.object_head(pooled),
+        }
+        reconstruction = dict(branch_reconstruction)
+        if self.fusion is not None:
+            fused = self.fusion(hidden["rgb"], hidden["depth"])
+            outputs["logits_fused"] = fused["logits_fused"]
+            outputs["logits_bottleneck"] = fused["logits_bottleneck"]
+            outputs["fusion_reconstruction"] = {"rgb": fused["rgb"], "depth": fused["depth"]}
+            reconstruction["rgb"] = fused["rgb"]
+            if fused["depth"] is not None:
+                reconstruction["depth"] = fused["depth"]
+        outputs["reconstruction"] = reconstruction
+        return outputs
+
+    def error_maps(self, rgb: torch.Tensor, depth: torch.Tensor, has_rgb: torch.Tensor,
+                   has_depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: per-token squared reconstruction error per modality (B, 2, H, W), object probs (B, K).
+
+        A missing modality's error map is zero; the anomaly map masks it out.
+        """
+        outputs = self.forward(rgb, depth, has_rgb, has_depth, jitter=False)
+        errors = []
+        for modality in MODALITIES:
+            difference = outputs["original"][modality] - outputs["reconstruction"][modality]
+            error = difference.pow(2).mean(dim=-1) * outputs["present"][modality][:, :, :, 0]
+            errors.append(error)
+        probabilities = F.softmax(outputs["object_logits"], dim=-1)
+        return torch.stack(errors, dim=1), probabilities

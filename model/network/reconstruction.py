@@ -1,0 +1,102 @@
+"""MRN: one reconstruction branch per modality, turning (jittered) features back into normal ones.
+
+Each layer is a pre-norm transformer layer whose token mixer is the label-guided Mamba decoder (or
+plain self-attention when the Mamba ablation switch is off), followed by a feed-forward block. The
+Mamba decoder's output is added into the reconstruction stream and feeds that layer's label classifier.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.network.config import ModelConfig
+from model.network.mamba_decoder import LabelClassifier, MambaDecoder
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, ratio: float, dropout: float) -> None:
+        super().__init__()
+        hidden = int(dim * ratio)
+        self.norm = nn.LayerNorm(dim)
+        self.up = nn.Linear(dim, hidden)
+        self.down = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down(F.gelu(self.up(self.norm(x)))))
+
+
+class SelfAttention(nn.Module):
+    """The plain token mixer used when the Mamba decoder is switched off (ablation)."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        batch, height, width, dim = grid.shape
+        tokens = self.norm(grid).reshape(batch, height * width, dim)
+        attended, _ = self.attention(tokens, tokens, tokens, need_weights=False)
+        return attended.reshape(batch, height, width, dim)
+
+
+class ReconstructionLayer(nn.Module):
+    def __init__(self, config: ModelConfig, num_classes: int) -> None:
+        super().__init__()
+        dim = config.hidden_size
+        if config.use_mamba:
+            self.mixer: nn.Module = MambaDecoder(dim, config.num_heads, config.state_size, config.expand,
+                                                 config.dropout)
+            self.classifier: LabelClassifier | None = LabelClassifier(dim, num_classes)
+        else:
+            self.mixer = SelfAttention(dim, config.num_heads, config.dropout)
+            self.classifier = None
+        self.feed_forward = FeedForward(dim, config.ffn_ratio, config.dropout)
+
+    def forward(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        mixed = self.mixer(grid)
+        logits = self.classifier(mixed) if self.classifier is not None else None
+        grid = grid + mixed
+        grid = grid + self.feed_forward(grid)
+        return grid, logits
+
+
+class ReconstructionBranch(nn.Module):
+    """Input projection + learned 2-D position embedding + layers + output projection."""
+
+    def __init__(self, config: ModelConfig, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        dim = config.hidden_size
+        self.input_proj = nn.Linear(in_channels, dim)
+        grid = config.grid_size
+        self.position = nn.Parameter(torch.zeros(1, grid, grid, dim))
+        nn.init.trunc_normal_(self.position, std=0.02)
+        self.layers = nn.ModuleList(ReconstructionLayer(config, num_classes) for _ in range(config.num_layers))
+        self.norm = nn.LayerNorm(dim)
+        self.output_proj = nn.Linear(dim, in_channels)
+
+    def position_for(self, height: int, width: int) -> torch.Tensor:
+        if self.position.shape[1:3] == (height, width):
+            return self.position
+        resized = F.interpolate(self.position.permute(0, 3, 1, 2), size=(height, width), mode="bilinear",
+                                align_corners=False)
+        return resized.permute(0, 2, 3, 1)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """features (B, H, W, C_in) -> (hidden (B, H, W, d), reconstruction (B, H, W, C_in), logits)."""
+        grid = self.input_proj(features) + self.position_for(features.shape[1], features.shape[2])
+        all_logits = []
+        for layer in self.layers:
+            grid, logits = layer(grid)
+            if logits is not None:
+                all_logits.append(logits)
+        hidden = self.norm(grid)
+        return hidden, self.output_proj(hidden), all_logits
+
+    def grow(self, num_classes: int) -> None:
+        for layer in self.layers:
+            if layer.classifier is not None:
+                layer.classifier.grow(num_classes)

@@ -1,0 +1,329 @@
+"""Base and incremental training steps, from normal samples to a calibrated model version in memory.
+
+The frozen backbone's features are computed once per sample and cached; every epoch then costs only
+the small reconstruction network. An incremental step starts from the parent version, grows the
+label classifiers (old objects keep their index) and sees only the new objects' samples — no replay
+of old images. Old objects are only re-calibrated (normalisation and threshold) on their retained
+held-out normals, which training never sees.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from model.checkpoint import Manifest, ObjectRecord, clone_net, new_version_id
+from model.errors import ConflictError, InputError
+from model.inference import InspectionInput, InspectionModel, feature_extractor_for, prepare_inputs
+from model.network.config import ModelConfig
+from model.network.feature_extractor import MultiScaleFeatures
+from model.network.iumad import IUMADNet
+from model.training.calibration import calibrate_object
+from model.training.losses import iumad_losses
+
+log = logging.getLogger(__name__)
+
+SampleSource = Callable[[], tuple[np.ndarray, np.ndarray | None]]
+"""Loads one normal sample when called: (rgb uint8 HxWx3, depth float32 HxW with NaN invalid, or None)."""
+
+ProgressCallback = Callable[[float, str, dict], None]
+
+
+class TrainingCancelled(Exception):
+    """Raised between batches when the caller asked to stop."""
+
+
+@dataclass
+class ObjectSamples:
+    name: str
+    train: Sequence[SampleSource]
+    holdout: Sequence[SampleSource] = ()
+    target_false_reject_rate: float = 0.01
+
+
+@dataclass
+class FeatureSet:
+    rgb: torch.Tensor  # (N, C, h, w)
+    depth: torch.Tensor  # (N, C, h, w), zeros where missing
+    has_depth: torch.Tensor  # (N,) bool
+
+    def __len__(self) -> int:
+        return self.rgb.shape[0]
+
+    @property
+    def modalities(self) -> list[str]:
+        if bool(self.has_depth.all()):
+            return ["rgb", "depth"]
+        if not bool(self.has_depth.any()):
+            return ["rgb"]
+        raise InputError("an object's samples must all have depth or all lack it")
+
+
+@dataclass
+class TrainingOptions:
+    epochs: int = 40
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    incremental_learning_rate: float = 5e-4
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+    anchor_weight: float = 1e-2  # L2 pull towards the parent's weights in incremental steps
+    depth_dropout: float = 0.1  # train the missing-depth path on objects that have depth
+    max_seconds: float | None = None  # training-loop budget; the schedule shrinks to fit it
+    seed: int = 0
+    feature_batch_size: int = 8
+
+
+@dataclass
+class TrainingResult:
+    net: IUMADNet
+    manifest: Manifest
+    holdout_features: dict[str, FeatureSet] = field(default_factory=dict)
+
+
+def extract_features(sources: Sequence[SampleSource], extractor: MultiScaleFeatures, image_size: int,
+                     batch_size: int = 8, on_batch: Callable[[int], None] | None = None,
+                     should_cancel: Callable[[], bool] | None = None) -> FeatureSet:
+    rgb_parts, depth_parts, has_depth_parts = [], [], []
+    for start in range(0, len(sources), batch_size):
+        if should_cancel is not None and should_cancel():
+            raise TrainingCancelled("canceled during feature extraction")
+        items = []
+        for source in sources[start:start + batch_size]:
+            rgb, depth = source()
+            items.append(InspectionInput(rgb=rgb, depth=depth))
+        batch = prepare_inputs(items, image_size)
+        with torch.inference_mode():
+            rgb_features = extractor(batch.rgb)
+            depth_features = extractor(batch.depth) if bool(batch.has_depth.any()) else torch.zeros_like(rgb_features)
+            depth_features = depth_features * batch.has_depth.view(-1, 1, 1, 1)
+        rgb_parts.append(rgb_features.clone())
+        depth_parts.append(depth_features.clone())
+        has_depth_parts.append(batch.has_depth)
+        if on_batch is not None:
+            on_batch(len(items))
+    if not rgb_parts:
+        raise InputError("no samples to extract features from")
+    return FeatureSet(torch.cat(rgb_parts), torch.cat(depth_parts), torch.cat(has_depth_parts))
+
+
+def _cosine_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _anchor_penalty(net: IUMADNet, anchor: dict[str, torch.Tensor]) -> torch.Tensor:
+    total = torch.zeros(())
+    for name, parameter in net.named_parameters():
+        reference = anchor.get(name)
+        if reference is None:
+            continue
+        if reference.shape == parameter.shape:
+            total = total + (parameter - reference).pow(2).sum()
+        elif parameter.dim() >= 1 and reference.shape[1:] == parameter.shape[1:]:  # a grown classifier
+            total = total + (parameter[: reference.shape[0]] - reference).pow(2).sum()
+    return total
+
+
+def fit(net: IUMADNet, features: FeatureSet, labels: torch.Tensor, options: TrainingOptions, learning_rate: float,
+        anchor: dict[str, torch.Tensor] | None = None, progress: ProgressCallback | None = None,
+        should_cancel: Callable[[], bool] | None = None, progress_span: tuple[float, float] = (0.0, 1.0)
+        ) -> dict:
+    """The training loop on cached features. Returns a summary (steps, seconds, loss curve)."""
+    generator = torch.Generator().manual_seed(options.seed)
+    count = len(features)
+    batch_size = min(options.batch_size, count)
+    steps_per_epoch = max(1, count // batch_size)
+    total_steps = max(1, options.epochs * steps_per_epoch)
+    warmup = max(1, int(options.warmup_fraction * total_steps))
+    optimiser = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=learning_rate,
+                                  weight_decay=options.weight_decay)
+    net.train()
+    started = time.perf_counter()
+    curve: list[dict] = []
+    step = 0
+    running = 0.0
+    budget_checked = False
+    while step < total_steps:
+        order = torch.randperm(count, generator=generator)
+        for start in range(0, steps_per_epoch * batch_size, batch_size):
+            if step >= total_steps:
+                break
+            if should_cancel is not None and should_cancel():
+                raise TrainingCancelled("canceled during training")
+            index = order[start:start + batch_size]
+            has_depth = features.has_depth[index].clone()
+            if options.depth_dropout > 0:
+                drop = torch.rand(len(index), generator=generator) < options.depth_dropout
+                has_depth &= ~drop
+            outputs = net(features.rgb[index], features.depth[index], torch.ones_like(has_depth), has_depth,
+                          jitter=True)
+            terms = iumad_losses(outputs, labels[index])
+            loss = terms["total"]
+            if anchor is not None and options.anchor_weight > 0:
+                loss = loss + options.anchor_weight * _anchor_penalty(net, anchor)
+            for group in optimiser.param_groups:
+                group["lr"] = learning_rate * _cosine_factor(step, total_steps, warmup)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            optimiser.step()
+            step += 1
+            value = float(loss.detach())
+            running = 0.9 * running + 0.1 * value if step > 1 else value
+            elapsed = time.perf_counter() - started
+            if options.max_seconds is not None and not budget_checked and step == 3:
+                budget_checked = True  # shrink the schedule so the whole cosine fits the time budget
+                affordable = int(options.max_seconds / (elapsed / step))
+                if affordable < total_steps:
+                    log.info("time budget %.0fs: %d of %d steps", options.max_seconds, affordable, total_steps)
+                    total_steps = max(step + 1, affordable)
+                    warmup = min(warmup, max(1, total_steps // 20))
+            if step % max(1, steps_per_epoch) == 0 or step == total_steps:
+                curve.append({"step": step, "seconds": round(elapsed, 2), "loss": round(running, 5),
+                              **{k: round(float(v), 5) for k, v in terms.items() if k != "total"}})
+                if progress is not None:
+                    low, high = progress_span
+                    progress(low + (high - low) * step / total_steps, "training",
+                             {"loss": running, "step": step, "steps": total_steps})
+    net.eval()
+    return {"steps": step, "seconds": round(time.perf_counter() - started, 2), "batch_size": batch_size,
+            "learning_rate": learning_rate, "curve": curve}
+
+
+def _errors_for(net: IUMADNet, features: FeatureSet, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    errors = []
+    with torch.inference_mode():
+        for start in range(0, len(features), batch_size):
+            part = slice(start, start + batch_size)
+            has_depth = features.has_depth[part]
+            error, _ = net.error_maps(features.rgb[part], features.depth[part], torch.ones_like(has_depth), has_depth)
+            errors.append(error)
+    present = torch.stack([torch.ones_like(features.has_depth), features.has_depth], dim=1)
+    return torch.cat(errors), present
+
+
+def train_version(
+    new_objects: Sequence[ObjectSamples],
+    parent: InspectionModel | None = None,
+    config: ModelConfig | None = None,
+    options: TrainingOptions | None = None,
+    retained_holdouts: dict[str, FeatureSet] | None = None,
+    progress: ProgressCallback | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    version: str | None = None,
+) -> TrainingResult:
+    """One step: a base step when `parent` is None, else an incremental step from `parent`.
+
+    `retained_holdouts` are old objects' held-out normal features, used only to re-calibrate them.
+    """
+    options = options or TrainingOptions()
+    torch.manual_seed(options.seed)
+    if not new_objects:
+        raise InputError("a training step needs at least one new object")
+    names = [item.name for item in new_objects]
+    if len(set(names)) != len(names):
+        raise InputError(f"duplicate object names in one step: {names}")
+    old_records = list(parent.manifest.objects) if parent is not None else []
+    for name in names:
+        if any(record.name == name for record in old_records):
+            raise ConflictError(f"object {name!r} is already enrolled in {parent.version}")
+    config = parent.config if parent is not None else (config or ModelConfig())
+    timings: dict[str, float] = {}
+    report = progress or (lambda fraction, stage, details: None)
+
+    # 1. Features (the frozen backbone, once per sample).
+    started = time.perf_counter()
+    extractor = feature_extractor_for(config)
+    total_samples = sum(len(item.train) + len(item.holdout) for item in new_objects)
+    done = 0
+
+    def on_batch(count: int) -> None:
+        nonlocal done
+        done += count
+        report(0.25 * done / max(1, total_samples), "features", {"samples": done, "of": total_samples})
+
+    train_sets: dict[str, FeatureSet] = {}
+    holdout_sets: dict[str, FeatureSet] = {}
+    for item in new_objects:
+        if len(item.train) < 2:
+            raise InputError(f"object {item.name!r} needs at least 2 training samples, got {len(item.train)}")
+        train_sets[item.name] = extract_features(item.train, extractor, config.image_size,
+                                                 options.feature_batch_size, on_batch, should_cancel)
+        if item.holdout:
+            holdout_sets[item.name] = extract_features(item.holdout, extractor, config.image_size,
+                                                       options.feature_batch_size, on_batch, should_cancel)
+    timings["features_s"] = round(time.perf_counter() - started, 2)
+
+    # 2. Network: new (base) or the parent's, grown (incremental).
+    first_label = len(old_records)
+    label_of = {name: first_label + offset for offset, name in enumerate(names)}
+    all_train = FeatureSet(torch.cat([s.rgb for s in train_sets.values()]),
+                           torch.cat([s.depth for s in train_sets.values()]),
+                           torch.cat([s.has_depth for s in train_sets.values()]))
+    labels = torch.cat([torch.full((len(s),), label_of[n], dtype=torch.long) for n, s in train_sets.items()])
+    if parent is None:
+        net = IUMADNet(config, all_train.rgb.shape[1], all_train.depth.shape[1], len(names))
+        depth_rows = all_train.has_depth
+        net.set_feature_statistics(all_train.rgb, all_train.depth[depth_rows] if bool(depth_rows.any()) else None)
+        anchor = None
+        learning_rate = options.learning_rate
+    else:
+        net = clone_net(parent.net)
+        anchor = {k: v.detach().clone() for k, v in net.named_parameters()}
+        net.grow(first_label + len(names))
+        learning_rate = options.incremental_learning_rate
+
+    # 3. Training loop.
+    started = time.perf_counter()
+    summary = fit(net, all_train, labels, options, learning_rate, anchor, report, should_cancel, (0.25, 0.9))
+    timings["training_s"] = round(time.perf_counter() - started, 2)
+
+    # 4. Calibration on held-out normals (training samples only when an object has no holdout).
+    started = time.perf_counter()
+    report(0.9, "calibration", {})
+    records: list[ObjectRecord] = []
+    version = version or new_version_id()
+    retained = dict(retained_holdouts or {})
+    for record in old_records:
+        updated = ObjectRecord(**asdict(record))
+        if record.name in retained:
+            errors, present = _errors_for(net, retained[record.name])
+            present[:, 1] &= "depth" in record.modalities
+            result = calibrate_object(errors, present, config.image_size, config.smoothing_sigma,
+                                      config.score_pool, record.target_false_reject_rate)
+            updated.norm_mean, updated.norm_std = result["norm_mean"], result["norm_std"]
+            updated.threshold = result["threshold"]
+            updated.calibration = {**result["calibration"], "recalibrated_in": version}
+        records.append(updated)
+    for item in new_objects:
+        calibration_set = holdout_sets.get(item.name, train_sets[item.name])
+        errors, present = _errors_for(net, calibration_set)
+        result = calibrate_object(errors, present, config.image_size, config.smoothing_sigma, config.score_pool,
+                                  item.target_false_reject_rate)
+        records.append(ObjectRecord(
+            name=item.name, label=label_of[item.name], modalities=train_sets[item.name].modalities,
+            norm_mean=result["norm_mean"], norm_std=result["norm_std"], threshold=result["threshold"],
+            target_false_reject_rate=item.target_false_reject_rate, train_samples=len(item.train),
+            holdout_samples=len(item.holdout), enrolled_in=version,
+            calibration={**result["calibration"], "on": "holdout" if item.name in holdout_sets else "train"},
+        ))
+    timings["calibration_s"] = round(time.perf_counter() - started, 2)
+
+    manifest = Manifest(
+        version=version, config=config,
+        feature_channels={"rgb": int(net.rgb_mean.numel()), "depth": int(net.depth_mean.numel())},
+        objects=records, parent=parent.version if parent is not None else None,
+        training={"kind": "base" if parent is None else "incremental", "new_objects": names,
+                  "options": asdict(options), "timings": timings, **summary},
+    )
+    report(1.0, "trained", {})
+    return TrainingResult(net=net, manifest=manifest, holdout_features={**retained, **holdout_sets})
