@@ -59,8 +59,10 @@ def _check_pixels(width: int, height: int, max_pixels: int, name: str) -> None:
     if width <= 0 or height <= 0:
         raise InputError(f"{name}: image has no pixels ({width}x{height})")
     if width * height > max_pixels:
-        raise InputError(f"{name}: image is {width}x{height} = {width * height} pixels, "
-                         f"more than the limit of {max_pixels}")
+        raise InputError(
+            f"{name}: image is {width}x{height} = {width * height} pixels, "
+            f"more than the limit of {max_pixels}"
+        )
 
 
 def _check_not_empty(data: bytes, name: str) -> None:
@@ -194,7 +196,9 @@ def decode_png16(data: bytes, name: str = "depth", max_pixels: int = DEFAULT_MAX
     """A 16-bit greyscale PNG -> its raw uint16 values, exactly (PIL keeps mode I;16 lossless)."""
     width, height, bit_depth, colour_type = _png_header(data, name)
     if colour_type != PNG_GREY:
-        raise InputError(f"{name}: depth PNG must be single-channel greyscale (PNG colour type {colour_type})")
+        raise InputError(
+            f"{name}: depth PNG must be single-channel greyscale (PNG colour type {colour_type})"
+        )
     if bit_depth != 16:
         raise InputError(f"{name}: {bit_depth}-bit PNG depth is too coarse; use 16-bit PNG, TIFF or .npy")
     image = _open_pil(data, "png", name, max_pixels)
@@ -263,8 +267,9 @@ def read_rgb(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     return decode_rgb(_read_bytes(path), name=str(path), max_pixels=max_pixels)
 
 
-def read_depth(path: Path | str, depth_range: tuple[float, float] | None = None,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_depth(
+    path: Path | str, depth_range: tuple[float, float] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """`decode_depth` for a file on disk; errors name the path.
 
     With `depth_range=(min, max)` (Eyecandies `info_depth.yaml`), a 16-bit PNG is mapped to metres as
@@ -280,7 +285,7 @@ def read_depth(path: Path | str, depth_range: tuple[float, float] | None = None,
     if sniff_format(data) != "png":
         raise InputError(f"{path}: a depth range only applies to 16-bit PNG depth")
     raw = decode_png16(data, name=str(path), max_pixels=max_pixels)
-    return (raw.astype(np.float32) / np.float32(65535.0) * np.float32(high - low) + np.float32(low))
+    return raw.astype(np.float32) / np.float32(65535.0) * np.float32(high - low) + np.float32(low)
 
 
 def check_same_size(rgb: np.ndarray, depth: np.ndarray | None, name: str) -> None:
@@ -288,5 +293,12 @@ def check_same_size(rgb: np.ndarray, depth: np.ndarray | None, name: str) -> Non
     if depth is None:
         return
     if rgb.shape[:2] != depth.shape[:2]:
-        raise InputError(f"{name}: RGB is {rgb.shape[1]}x{rgb.shape[0]} but depth is "
-                         f"{depth.shape[1]}x{depth.shape[0]} (width x height); they must be pixel aligned")
+        raise InputError(
+            f"{name}: RGB is {rgb.shape[1]}x{rgb.shape[0]} but depth is "
+            f"{depth.shape[1]}x{depth.shape[0]} (width x height); they must be pixel aligned"
+        )
+
+
+def read_mask(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A ground-truth mask image (8-bit, 0 = normal) -> bool HxW, True where any channel is positive."""
+    return decode_rgb(_read_bytes(path), name=str(path), max_pixels=max_pixels).max(axis=2) > 0

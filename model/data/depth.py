@@ -38,7 +38,9 @@ def resize_valid(z: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     torch.nan_to_num(torch.from_numpy(z), nan=0.0, posinf=0.0, neginf=0.0, out=stacked[0, 0])
     stacked[0, 1].numpy()[...] = np.isfinite(z)  # numpy's isfinite is ~10x faster than torch's here
     if stacked.shape[-2:] != (size, size):
-        stacked = F.interpolate(stacked, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        stacked = F.interpolate(
+            stacked, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
     weighted, weight = stacked[0, 0].numpy(), stacked[0, 1].numpy()
     small_valid = weight > MIN_SUPPORT
     resized = np.divide(weighted, weight, out=np.zeros_like(weighted), where=small_valid)
@@ -53,8 +55,9 @@ def fill_nearest(z: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return z[tuple(indices)]
 
 
-def fit_border_plane(z: np.ndarray, valid: np.ndarray, border: float = BORDER_FRACTION,
-                     iterations: int = 4) -> np.ndarray | None:
+def fit_border_plane(
+    z: np.ndarray, valid: np.ndarray, border: float = BORDER_FRACTION, iterations: int = 4
+) -> np.ndarray | None:
     """Plane (a, b, c) with z ~ a*u + b*v + c (u, v in [-1, 1]) fitted on the valid border cells.
 
     The border is usually the table or conveyor the part lies on. Refitting on inliers within three
@@ -73,7 +76,9 @@ def fit_border_plane(z: np.ndarray, valid: np.ndarray, border: float = BORDER_FR
     v, u = np.nonzero(points)
     step = max(1, u.size // MAX_PLANE_POINTS)  # an even subsample fits the same plane, faster
     v, u = v[::step], u[::step]
-    design = np.stack([u / max(width - 1, 1) * 2 - 1, v / max(height - 1, 1) * 2 - 1, np.ones(u.size)], axis=1)
+    design = np.stack(
+        [u / max(width - 1, 1) * 2 - 1, v / max(height - 1, 1) * 2 - 1, np.ones(u.size)], axis=1
+    )
     target = z[v, u].astype(np.float64)
     inliers = np.ones(target.size, dtype=bool)
     coefficients = None

@@ -23,7 +23,9 @@ def prepare_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
     if rgb.dtype == np.uint8:
         image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0)
         if image.shape[-2:] != (size, size):
-            image = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            image = F.interpolate(
+                image, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
         return (image[0].float() / 255.0).numpy()
     if rgb.dtype.kind != "f":
         raise InputError(f"RGB image has dtype {rgb.dtype}; expected uint8 or float in [0, 1]")

@@ -49,17 +49,25 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
 
 def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     delta = _prepare_delta(delta, delta_bias, delta_softplus)
-    # Time-major, contiguous per step: (L, B, D, N).
-    delta_t = delta.permute(2, 0, 1).unsqueeze(-1)
-    decay = torch.exp(delta_t * A)
-    drive = delta_t * B.permute(2, 0, 1).unsqueeze(2) * u.permute(2, 0, 1).unsqueeze(-1)
-    state = torch.zeros_like(drive[0])
-    states = []
-    for t in range(drive.shape[0]):
-        state = decay[t] * state + drive[t]
-        states.append(state)
-    stacked = torch.stack(states, dim=0)  # (L, B, D, N)
-    y = torch.einsum("lbdn,bnl->bdl", stacked, C)
+    # Time-major and contiguous per step: decay and drive are (L, B, D, N), C is (L, B, N, 1).
+    delta_t = delta.permute(2, 0, 1).contiguous()
+    decay = torch.exp(delta_t.unsqueeze(-1) * A)
+    drive = (delta_t * u.permute(2, 0, 1)).unsqueeze(-1) * B.permute(2, 0, 1).contiguous().unsqueeze(2)
+    readout = C.permute(2, 0, 1).contiguous().unsqueeze(-1)
+    if torch.jit.is_tracing() or torch.is_grad_enabled():
+        # Out-of-place steps: autograd and the ONNX exporter both need each state as its own value.
+        states = []
+        state = torch.zeros_like(drive[0])
+        for t in range(drive.shape[0]):
+            state = torch.addcmul(drive[t], decay[t], state)
+            states.append(state)
+        stacked = torch.stack(states)
+    else:  # inference: write every state into one buffer, then read all of them out in one matmul
+        stacked = torch.empty_like(drive)
+        state = torch.zeros_like(drive[0])
+        for t in range(drive.shape[0]):
+            state = torch.addcmul(drive[t], decay[t], state, out=stacked[t])
+    y = torch.matmul(stacked, readout).squeeze(-1).permute(1, 2, 0)  # (L, B, D) -> (B, D, L)
     if D is not None:
         y = y + D[None, :, None] * u
     if z is not None:

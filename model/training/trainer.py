@@ -189,7 +189,7 @@ def fit(net: IUMADNet, features: FeatureSet, labels: torch.Tensor, options: Trai
                     warmup = min(warmup, max(1, total_steps // 20))
             if step % max(1, steps_per_epoch) == 0 or step == total_steps:
                 curve.append({"step": step, "seconds": round(elapsed, 2), "loss": round(running, 5),
-                              **{k: round(float(v), 5) for k, v in terms.items() if k != "total"}})
+                              **{k: round(float(v.detach()), 5) for k, v in terms.items() if k != "total"}})
                 if progress is not None:
                     low, high = progress_span
                     progress(low + (high - low) * step / total_steps, "training",

@@ -1,0 +1,99 @@
+"""The IB-IUMAD network: shapes, gradients in both branches, ablation switches, missing modalities."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from model.network.config import ModelConfig
+from model.network.iumad import IUMADNet
+from model.training.losses import iumad_losses
+
+CHANNELS = 20
+
+
+def _net(**overrides) -> IUMADNet:
+    config = ModelConfig(image_size=64, hidden_size=32, num_layers=2, num_heads=4, state_size=4, **overrides)
+    return IUMADNet(config, CHANNELS, CHANNELS + 4, num_classes=3)
+
+
+def _batch(size=4, height=4, width=4):
+    return (torch.randn(size, CHANNELS, height, width), torch.randn(size, CHANNELS + 4, height, width),
+            torch.ones(size, dtype=torch.bool), torch.ones(size, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("grid", [(4, 4), (5, 7), (14, 14)])
+def test_error_maps_have_one_value_per_token_and_modality(grid):
+    net = _net().eval()
+    errors, probabilities = net.error_maps(*_batch(2, *grid))
+    assert errors.shape == (2, 2, *grid)
+    assert probabilities.shape == (2, 3)
+    torch.testing.assert_close(probabilities.sum(-1), torch.ones(2))
+
+
+@pytest.mark.parametrize("overrides", [{}, {"use_mamba": False}, {"use_ibfm": False}, {"fusion": "add"},
+                                       {"fusion": "concat"}])
+def test_every_trainable_parameter_gets_a_gradient_in_both_branches(overrides):
+    net = _net(**overrides).train()
+    outputs = net(*_batch(), jitter=True)
+    iumad_losses(outputs, torch.tensor([0, 1, 2, 0]))["total"].backward()
+    no_gradient = [name for name, p in net.named_parameters()
+                   if p.requires_grad and (p.grad is None or not torch.any(p.grad != 0))]
+    # The learned "missing" tokens only train on samples that lack a modality.
+    assert set(no_gradient) == {"missing.rgb", "missing.depth"}
+    assert any(name.startswith("branches.depth.") for name, _ in net.named_parameters())
+
+
+def test_missing_tokens_train_when_a_modality_is_missing():
+    net = _net().train()
+    rgb, depth, has_rgb, has_depth = _batch()
+    has_depth[:2] = False
+    iumad_losses(net(rgb, depth, has_rgb, has_depth, jitter=True), torch.tensor([0, 1, 2, 0]))["total"].backward()
+    assert torch.any(net.missing["depth"].grad != 0)
+
+
+def test_a_missing_modality_contributes_no_error_and_does_not_change_the_other():
+    net = _net().eval()
+    rgb, depth, has_rgb, has_depth = _batch(2)
+    without_depth = torch.zeros(2, dtype=torch.bool)
+    errors, _ = net.error_maps(rgb, depth, has_rgb, without_depth)
+    assert torch.all(errors[:, 1] == 0)
+    garbage, _ = net.error_maps(rgb, depth * 100, has_rgb, without_depth)
+    torch.testing.assert_close(errors, garbage)
+
+
+def _count(net):
+    return sum(p.numel() for p in net.parameters())
+
+
+def test_ablation_switches_change_the_network():
+    full = _count(_net())
+    assert _count(_net(use_mamba=False)) < full
+    assert _count(_net(use_ibfm=False)) < full
+    counts = {kind: _count(_net(fusion=kind)) for kind in ("cross_attention", "add", "concat")}
+    assert len(set(counts.values())) == 3
+    assert not any(name.startswith("fusion.") for name, _ in _net(use_ibfm=False).named_parameters())
+    assert not any(".essm." in name for name, _ in _net(use_mamba=False).named_parameters())
+
+
+def test_growing_keeps_old_logits():
+    net = _net().eval()
+    batch = _batch(2)
+    before = net(*batch)
+    net.grow(5)
+    after = net(*batch)
+    torch.testing.assert_close(after["object_logits"][:, :3], before["object_logits"])
+    torch.testing.assert_close(after["layer_logits"]["depth"][0][:, :3], before["layer_logits"]["depth"][0])
+    assert after["logits_bottleneck"].shape[-1] == 5
+    with pytest.raises(ValueError):
+        net.grow(4)
+
+
+def test_config_round_trip_rejects_unknown_keys():
+    config = ModelConfig(fusion="concat", use_mamba=False)
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown"):
+        ModelConfig.from_dict({**config.to_dict(), "wings": 2})
+    with pytest.raises(ValueError, match="fusion"):
+        ModelConfig.from_dict({**config.to_dict(), "fusion": "multiply"})
+    assert dataclasses.replace(config, hidden_size=8).hidden_size == 8

@@ -1,0 +1,118 @@
+"""Base and incremental steps: the loss falls, labels keep their index, calibration meets its target."""
+
+import numpy as np
+import pytest
+import torch
+from tiny_model import TINY_CONFIG, TINY_OPTIONS, sample_source, tiny_objects, train_tiny
+
+from model.errors import ConflictError, InputError
+from model.inference import InspectionInput, InspectionModel
+from model.training.calibration import threshold_for_false_reject_rate
+from model.training.trainer import ObjectSamples, TrainingCancelled, TrainingOptions, train_version
+
+
+@pytest.fixture(scope="module")
+def base():
+    return train_tiny(("alpha", "beta"), options=TrainingOptions(epochs=8, batch_size=4))
+
+
+def test_a_short_training_run_lowers_the_loss(base):
+    curve = base.manifest.training["curve"]
+    assert curve[-1]["loss"] < curve[0]["loss"]
+    assert base.manifest.training["kind"] == "base"
+
+
+def test_base_step_records_objects_modalities_and_thresholds(base):
+    records = {r.name: r for r in base.manifest.objects}
+    assert [records["alpha"].label, records["beta"].label] == [0, 1]
+    assert records["alpha"].modalities == ["rgb", "depth"]
+    assert all(r.threshold is not None and r.calibration["on"] == "holdout" for r in records.values())
+
+
+def test_incremental_step_grows_the_classifier_and_keeps_old_indices(base):
+    parent = InspectionModel(base.net, base.manifest)
+    child = train_tiny(("gamma",), parent=parent, retained_holdouts=base.holdout_features)
+    labels = {r.name: r.label for r in child.manifest.objects}
+    assert labels == {"alpha": 0, "beta": 1, "gamma": 2}
+    assert child.net.num_classes == 3
+    assert child.manifest.parent == base.manifest.version
+    assert child.manifest.training["kind"] == "incremental"
+    assert child.manifest.object("alpha").calibration["recalibrated_in"] == child.manifest.version
+    # The parent is not modified by its child's training.
+    assert parent.net.num_classes == 2
+
+
+def test_incremental_step_refuses_an_enrolled_name(base):
+    parent = InspectionModel(base.net, base.manifest)
+    with pytest.raises(ConflictError, match="alpha"):
+        train_version(tiny_objects(("alpha",)), parent=parent, options=TINY_OPTIONS)
+
+
+def test_rgb_only_object_and_inspection_without_depth(base):
+    parent = InspectionModel(base.net, base.manifest)
+    child = train_tiny(("flat",), parent=parent, depth=False)
+    model = InspectionModel(child.net, child.manifest)
+    assert child.manifest.object("flat").modalities == ["rgb"]
+    rgb, depth = sample_source(7)()
+    results = model.predict([InspectionInput(rgb, depth, "flat"), InspectionInput(rgb, None, "alpha"),
+                             InspectionInput(rgb, depth, "alpha")])
+    assert [r.modalities for r in results] == [["rgb"], ["rgb"], ["rgb", "depth"]]
+    assert all(np.isfinite(r.raw_score) for r in results)
+
+
+def test_cancellation_between_batches():
+    calls = {"n": 0}
+
+    def should_cancel():
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    with pytest.raises(TrainingCancelled):
+        train_tiny(("alpha",), should_cancel=should_cancel)
+
+
+def test_progress_reaches_one_through_the_stages():
+    seen = []
+    train_tiny(("alpha",), progress=lambda fraction, stage, details: seen.append((fraction, stage)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert {"features", "training", "calibration"} <= {s for _, s in seen}
+
+
+def test_bad_training_input_is_named():
+    with pytest.raises(InputError, match="at least 2"):
+        train_version([ObjectSamples("lonely", [sample_source(1)])], config=TINY_CONFIG, options=TINY_OPTIONS)
+    with pytest.raises(InputError, match="duplicate"):
+        train_version(tiny_objects(("a",)) + tiny_objects(("a",)), config=TINY_CONFIG, options=TINY_OPTIONS)
+
+    def five_channels():
+        return np.zeros((80, 80, 5), np.uint8), None
+
+    with pytest.raises(InputError, match=r"\(H, W, 3\)"):
+        train_version([ObjectSamples("odd", [five_channels, five_channels])], config=TINY_CONFIG,
+                      options=TINY_OPTIONS)
+
+
+def test_time_budget_shrinks_the_schedule():
+    result = train_tiny(("alpha",), options=TrainingOptions(epochs=500, batch_size=2, max_seconds=0.5))
+    assert result.manifest.training["steps"] < 500 * 3
+
+
+@pytest.mark.parametrize("count,target,expected", [(10, 0.01, 9.0), (200, 0.01, 197.0), (100, 0.1, 89.0)])
+def test_threshold_meets_the_false_reject_target(count, target, expected):
+    scores = np.arange(count, dtype=float)
+    threshold = threshold_for_false_reject_rate(scores, target)
+    assert threshold == expected
+    assert np.mean(scores > threshold) <= target
+
+
+def test_inference_is_deterministic_and_batch_independent(base):
+    model = InspectionModel(base.net, base.manifest)
+    items = [InspectionInput(*sample_source(k)(), None) for k in range(3)]
+    together = model.predict(items)
+    alone = [model.predict([item])[0] for item in items]
+    for a, b in zip(together, alone, strict=True):
+        assert a.object == b.object
+        assert a.raw_score == pytest.approx(b.raw_score, abs=1e-4)
+        np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-4)
+    torch.testing.assert_close(torch.tensor(together[0].anomaly_map), torch.tensor(model.predict(items[:1])[0].anomaly_map))
