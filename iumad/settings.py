@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = 4.0
     max_queue: int = 64
     decode_threads: int = 4
+    drain_timeout_s: float = Field(30.0, description="On shutdown, how long to finish queued inspections.")
+    retry_after_s: int = Field(1, description="Retry-After sent with 503 when the queue is full.")
 
     # A 4096x4096 RGB PNG (worst case ~50 MB) + a float32 xyz TIFF (~200 MB) fit under this.
     max_inspect_bytes: int = 300 * 1024 * 1024
@@ -46,6 +48,18 @@ class Settings(BaseSettings):
     forgetting_margin: float = 0.05
     embedded_worker: bool = True
     reconcile_interval_s: float = 2.0
+    redis_key_prefix: str = Field("iumad", description="Prefix of the registry, event and job keys in Redis.")
+    min_enroll_samples: int = Field(5, description="Fewest valid normal pairs an enrolment accepts.")
+    job_heartbeat_timeout_s: float = Field(
+        30.0, description="A running job whose worker has not reported for this long is marked failed."
+    )
+    cancel_grace_s: float = Field(
+        10.0, description="Seconds a running job gets to stop cooperatively before it is killed."
+    )
+    network_config: dict[str, Any] = Field(
+        default_factory=dict, description="JSON overrides of the model config for a first (base) enrolment."
+    )
+    train_epochs: int | None = Field(None, description="Training epochs per enrolment; unset = default.")
 
     keep_rejected_images: bool = False
     rejected_max_mb: int = 1024

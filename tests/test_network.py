@@ -18,8 +18,12 @@ def _net(**overrides) -> IUMADNet:
 
 
 def _batch(size=4, height=4, width=4):
-    return (torch.randn(size, CHANNELS, height, width), torch.randn(size, CHANNELS + 4, height, width),
-            torch.ones(size, dtype=torch.bool), torch.ones(size, dtype=torch.bool))
+    return (
+        torch.randn(size, CHANNELS, height, width),
+        torch.randn(size, CHANNELS + 4, height, width),
+        torch.ones(size, dtype=torch.bool),
+        torch.ones(size, dtype=torch.bool),
+    )
 
 
 @pytest.mark.parametrize("grid", [(4, 4), (5, 7), (14, 14)])
@@ -31,14 +35,18 @@ def test_error_maps_have_one_value_per_token_and_modality(grid):
     torch.testing.assert_close(probabilities.sum(-1), torch.ones(2))
 
 
-@pytest.mark.parametrize("overrides", [{}, {"use_mamba": False}, {"use_ibfm": False}, {"fusion": "add"},
-                                       {"fusion": "concat"}])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"use_mamba": False}, {"use_ibfm": False}, {"fusion": "add"}, {"fusion": "concat"}]
+)
 def test_every_trainable_parameter_gets_a_gradient_in_both_branches(overrides):
     net = _net(**overrides).train()
     outputs = net(*_batch(), jitter=True)
     iumad_losses(outputs, torch.tensor([0, 1, 2, 0]))["total"].backward()
-    no_gradient = [name for name, p in net.named_parameters()
-                   if p.requires_grad and (p.grad is None or not torch.any(p.grad != 0))]
+    no_gradient = [
+        name
+        for name, p in net.named_parameters()
+        if p.requires_grad and (p.grad is None or not torch.any(p.grad != 0))
+    ]
     # The learned "missing" tokens only train on samples that lack a modality.
     assert set(no_gradient) == {"missing.rgb", "missing.depth"}
     assert any(name.startswith("branches.depth.") for name, _ in net.named_parameters())
@@ -48,7 +56,9 @@ def test_missing_tokens_train_when_a_modality_is_missing():
     net = _net().train()
     rgb, depth, has_rgb, has_depth = _batch()
     has_depth[:2] = False
-    iumad_losses(net(rgb, depth, has_rgb, has_depth, jitter=True), torch.tensor([0, 1, 2, 0]))["total"].backward()
+    iumad_losses(net(rgb, depth, has_rgb, has_depth, jitter=True), torch.tensor([0, 1, 2, 0]))[
+        "total"
+    ].backward()
     assert torch.any(net.missing["depth"].grad != 0)
 
 

@@ -39,8 +39,12 @@ def test_torch_scan_matches_float64_reference_including_large_dt_times_a(dt_scal
 def test_scan_without_softplus_bias_or_gate():
     u, delta, A, B, C, _, _, _ = _inputs(length=7)
     delta = delta.abs()
-    torch.testing.assert_close(selective_scan_torch(u, delta, A, B, C), selective_scan_reference(u, delta, A, B, C),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        selective_scan_torch(u, delta, A, B, C),
+        selective_scan_reference(u, delta, A, B, C),
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 def test_scan_gradients_match_reference():

@@ -54,8 +54,13 @@ def test_rgb_only_object_and_inspection_without_depth(base):
     model = InspectionModel(child.net, child.manifest)
     assert child.manifest.object("flat").modalities == ["rgb"]
     rgb, depth = sample_source(7)()
-    results = model.predict([InspectionInput(rgb, depth, "flat"), InspectionInput(rgb, None, "alpha"),
-                             InspectionInput(rgb, depth, "alpha")])
+    results = model.predict(
+        [
+            InspectionInput(rgb, depth, "flat"),
+            InspectionInput(rgb, None, "alpha"),
+            InspectionInput(rgb, depth, "alpha"),
+        ]
+    )
     assert [r.modalities for r in results] == [["rgb"], ["rgb"], ["rgb", "depth"]]
     assert all(np.isfinite(r.raw_score) for r in results)
 
@@ -89,8 +94,9 @@ def test_bad_training_input_is_named():
         return np.zeros((80, 80, 5), np.uint8), None
 
     with pytest.raises(InputError, match=r"\(H, W, 3\)"):
-        train_version([ObjectSamples("odd", [five_channels, five_channels])], config=TINY_CONFIG,
-                      options=TINY_OPTIONS)
+        train_version(
+            [ObjectSamples("odd", [five_channels, five_channels])], config=TINY_CONFIG, options=TINY_OPTIONS
+        )
 
 
 def test_time_budget_shrinks_the_schedule():
@@ -115,4 +121,6 @@ def test_inference_is_deterministic_and_batch_independent(base):
         assert a.object == b.object
         assert a.raw_score == pytest.approx(b.raw_score, abs=1e-4)
         np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-4)
-    torch.testing.assert_close(torch.tensor(together[0].anomaly_map), torch.tensor(model.predict(items[:1])[0].anomaly_map))
+    torch.testing.assert_close(
+        torch.tensor(together[0].anomaly_map), torch.tensor(model.predict(items[:1])[0].anomaly_map)
+    )

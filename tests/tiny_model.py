@@ -31,12 +31,23 @@ def sample_source(seed: int, size: int = 80, depth: bool = True, tint: tuple[int
 def tiny_objects(names=("alpha", "beta"), count=6, depth=True) -> list[ObjectSamples]:
     tints = [(150, 60, 60), (60, 150, 60), (60, 60, 150), (150, 150, 60)]
     return [
-        ObjectSamples(name, [sample_source(100 * i + k, tint=tints[i % 4], depth=depth) for k in range(count)],
-                      [sample_source(100 * i + 50 + k, tint=tints[i % 4], depth=depth) for k in range(2)])
+        ObjectSamples(
+            name,
+            [sample_source(100 * i + k, tint=tints[i % 4], depth=depth) for k in range(count)],
+            [sample_source(100 * i + 50 + k, tint=tints[i % 4], depth=depth) for k in range(2)],
+        )
         for i, name in enumerate(names)
     ]
 
 
-def train_tiny(names=("alpha", "beta"), parent=None, config: ModelConfig = TINY_CONFIG,
-               options: TrainingOptions = TINY_OPTIONS, depth=True, **kwargs) -> TrainingResult:
-    return train_version(tiny_objects(names, depth=depth), parent=parent, config=config, options=options, **kwargs)
+def train_tiny(
+    names=("alpha", "beta"),
+    parent=None,
+    config: ModelConfig = TINY_CONFIG,
+    options: TrainingOptions = TINY_OPTIONS,
+    depth=True,
+    **kwargs,
+) -> TrainingResult:
+    return train_version(
+        tiny_objects(names, depth=depth), parent=parent, config=config, options=options, **kwargs
+    )

@@ -32,21 +32,29 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return x.squeeze(1)
 
 
-def combine_modalities(errors: torch.Tensor, present: torch.Tensor, mean: torch.Tensor,
-                       std: torch.Tensor) -> torch.Tensor:
+def combine_modalities(
+    errors: torch.Tensor, present: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
     """errors (B, 2, h, w), present (B, 2) 0/1, mean/std (B, 2) per object -> (B, h, w)."""
     normalised = (errors - mean[:, :, None, None]) / std[:, :, None, None]
     weights = present[:, :, None, None].to(errors.dtype)
     return (normalised * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)
 
 
-def anomaly_maps(errors: torch.Tensor, present: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                 image_size: int, smoothing_sigma: float = 4.0, score_pool: int = 16
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def anomaly_maps(
+    errors: torch.Tensor,
+    present: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    image_size: int,
+    smoothing_sigma: float = 4.0,
+    score_pool: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """-> maps (B, S, S) at network resolution S = image_size, and image scores (B,)."""
     combined = combine_modalities(errors, present, mean, std)
-    maps = F.interpolate(combined.unsqueeze(1), size=(image_size, image_size), mode="bilinear",
-                         align_corners=False).squeeze(1)
+    maps = F.interpolate(
+        combined.unsqueeze(1), size=(image_size, image_size), mode="bilinear", align_corners=False
+    ).squeeze(1)
     maps = gaussian_blur(maps, smoothing_sigma * image_size / 224)
     return maps, image_scores(maps, score_pool)
 
@@ -59,5 +67,6 @@ def image_scores(maps: torch.Tensor, score_pool: int = 16) -> torch.Tensor:
 
 def resize_map(anomaly_map: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """A network-resolution map (S, S) -> the input's resolution (H, W), for masks and returned maps."""
-    return F.interpolate(anomaly_map[None, None], size=(height, width), mode="bilinear",
-                         align_corners=False)[0, 0]
+    return F.interpolate(anomaly_map[None, None], size=(height, width), mode="bilinear", align_corners=False)[
+        0, 0
+    ]

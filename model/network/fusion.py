@@ -61,7 +61,10 @@ class InformationBottleneckFusion(nn.Module):
         narrow = max(8, int(dim * config.bottleneck_ratio))
         self.fuse = build_fusion(config)
         self.bottleneck = nn.Sequential(
-            nn.LayerNorm(dim), nn.Linear(dim, narrow), nn.ReLU(), nn.Dropout(config.bottleneck_dropout),
+            nn.LayerNorm(dim),
+            nn.Linear(dim, narrow),
+            nn.ReLU(),
+            nn.Dropout(config.bottleneck_dropout),
             nn.Linear(narrow, dim),
         )
         self.classifier_fused = LabelClassifier(dim, num_classes)
@@ -72,7 +75,9 @@ class InformationBottleneckFusion(nn.Module):
     def forward(self, rgb: torch.Tensor, depth: torch.Tensor) -> dict[str, torch.Tensor | None]:
         """rgb/depth hidden grids (B, H, W, d) -> classifier logits and reconstructions (B, H, W, C)."""
         batch, height, width, dim = rgb.shape
-        fused = self.fuse(rgb.reshape(batch, -1, dim), depth.reshape(batch, -1, dim)).reshape(batch, height, width, dim)
+        fused = self.fuse(rgb.reshape(batch, -1, dim), depth.reshape(batch, -1, dim)).reshape(
+            batch, height, width, dim
+        )
         compressed = self.bottleneck(fused)
         return {
             "logits_fused": self.classifier_fused(fused),

@@ -28,13 +28,18 @@ class IUMADNet(nn.Module):
             raise ValueError("a model needs at least one object")
         self.config = config
         dim = config.hidden_size
-        self.branches = nn.ModuleDict({
-            "rgb": ReconstructionBranch(config, rgb_channels, num_classes),
-            "depth": ReconstructionBranch(config, depth_channels, num_classes),
-        })
+        self.branches = nn.ModuleDict(
+            {
+                "rgb": ReconstructionBranch(config, rgb_channels, num_classes),
+                "depth": ReconstructionBranch(config, depth_channels, num_classes),
+            }
+        )
         self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(dim)) for m in MODALITIES})
-        self.fusion = (InformationBottleneckFusion(config, rgb_channels, depth_channels, num_classes)
-                       if config.use_ibfm else None)
+        self.fusion = (
+            InformationBottleneckFusion(config, rgb_channels, depth_channels, num_classes)
+            if config.use_ibfm
+            else None
+        )
         self.object_head = LabelClassifier(2 * dim, num_classes)
         # Feature standardisation, fixed at the base step so later steps keep the same feature space.
         for name, channels in (("rgb", rgb_channels), ("depth", depth_channels)):
@@ -67,10 +72,18 @@ class IUMADNet(nn.Module):
         tokens = features.permute(0, 2, 3, 1)
         return (tokens - getattr(self, f"{modality}_mean")) / getattr(self, f"{modality}_std")
 
-    def forward(self, rgb: torch.Tensor, depth: torch.Tensor, has_rgb: torch.Tensor, has_depth: torch.Tensor,
-                jitter: bool = False) -> dict[str, object]:
-        present = {"rgb": has_rgb.to(rgb.dtype).view(-1, 1, 1, 1),
-                   "depth": has_depth.to(depth.dtype).view(-1, 1, 1, 1)}
+    def forward(
+        self,
+        rgb: torch.Tensor,
+        depth: torch.Tensor,
+        has_rgb: torch.Tensor,
+        has_depth: torch.Tensor,
+        jitter: bool = False,
+    ) -> dict[str, object]:
+        present = {
+            "rgb": has_rgb.to(rgb.dtype).view(-1, 1, 1, 1),
+            "depth": has_depth.to(depth.dtype).view(-1, 1, 1, 1),
+        }
         original = {"rgb": self.standardise("rgb", rgb), "depth": self.standardise("depth", depth)}
         hidden, branch_reconstruction, layer_logits = {}, {}, {}
         for modality in MODALITIES:
@@ -104,8 +117,9 @@ class IUMADNet(nn.Module):
         outputs["reconstruction"] = reconstruction
         return outputs
 
-    def error_maps(self, rgb: torch.Tensor, depth: torch.Tensor, has_rgb: torch.Tensor,
-                   has_depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def error_maps(
+        self, rgb: torch.Tensor, depth: torch.Tensor, has_rgb: torch.Tensor, has_depth: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Inference: per-token squared reconstruction error per modality (B, 2, H, W), object probs (B, K).
 
         A missing modality's error map is zero; the anomaly map masks it out.

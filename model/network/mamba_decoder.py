@@ -33,15 +33,21 @@ def es2d_split(grid: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
     """
     batch, height, width, channels = grid.shape
     if height % 2 or width % 2:
-        grid = F.pad(grid.permute(0, 3, 1, 2), (0, width % 2, 0, height % 2), mode="replicate").permute(0, 2, 3, 1)
+        grid = F.pad(grid.permute(0, 3, 1, 2), (0, width % 2, 0, height % 2), mode="replicate").permute(
+            0, 2, 3, 1
+        )
     sub_h, sub_w = grid.shape[1] // 2, grid.shape[2] // 2
     row_major_a = grid[:, 0::2, 0::2]
     row_major_b = grid[:, 1::2, 1::2]
     column_major_a = grid[:, 0::2, 1::2].transpose(1, 2)
     column_major_b = grid[:, 1::2, 0::2].transpose(1, 2)
     sequences = torch.cat(
-        [part.reshape(batch, sub_h * sub_w, channels) for part in
-         (row_major_a, row_major_b, column_major_a, column_major_b)], dim=0)
+        [
+            part.reshape(batch, sub_h * sub_w, channels)
+            for part in (row_major_a, row_major_b, column_major_a, column_major_b)
+        ],
+        dim=0,
+    )
     return sequences, (height, width)
 
 
@@ -64,14 +70,20 @@ def es2d_merge(sequences: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class SelectiveScan1D(nn.Module):
     """Mamba S6 over sequences: input-dependent dt, B, C; S4D-real initialisation of A."""
 
-    def __init__(self, channels: int, state_size: int = 16, dt_rank: int | None = None,
-                 dt_min: float = 1e-3, dt_max: float = 0.1) -> None:
+    def __init__(
+        self,
+        channels: int,
+        state_size: int = 16,
+        dt_rank: int | None = None,
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+    ) -> None:
         super().__init__()
         self.state_size = state_size
         self.dt_rank = dt_rank or math.ceil(channels / 16)
         self.x_proj = nn.Linear(channels, self.dt_rank + 2 * state_size, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, channels, bias=True)
-        nn.init.uniform_(self.dt_proj.weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
+        nn.init.uniform_(self.dt_proj.weight, -(self.dt_rank**-0.5), self.dt_rank**-0.5)
         dt = torch.exp(torch.rand(channels) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
         with torch.no_grad():  # inverse softplus, so softplus(bias) starts in [dt_min, dt_max]
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
@@ -85,8 +97,15 @@ class SelectiveScan1D(nn.Module):
         dt_low, b, c = projected.split([self.dt_rank, self.state_size, self.state_size], dim=-1)
         delta = F.linear(dt_low, self.dt_proj.weight)  # bias is added inside the scan (softplus)
         y = selective_scan(
-            x.transpose(1, 2), delta.transpose(1, 2), -torch.exp(self.A_log), b.transpose(1, 2),
-            c.transpose(1, 2), self.D, None, self.dt_proj.bias, True,
+            x.transpose(1, 2),
+            delta.transpose(1, 2),
+            -torch.exp(self.A_log),
+            b.transpose(1, 2),
+            c.transpose(1, 2),
+            self.D,
+            None,
+            self.dt_proj.bias,
+            True,
         )
         return y.transpose(1, 2)
 
@@ -114,8 +133,9 @@ class ESSM(nn.Module):
 class MambaDecoder(nn.Module):
     """`Xhat = DwConv(X)`, `Xtilde = ESSM(LN(X))`, `out = Attention(LN(Xtilde)) + Xhat`."""
 
-    def __init__(self, dim: int, num_heads: int, state_size: int = 16, expand: int = 2,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, state_size: int = 16, expand: int = 2, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
         self.norm_in = nn.LayerNorm(dim)

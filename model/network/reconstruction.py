@@ -48,8 +48,9 @@ class ReconstructionLayer(nn.Module):
         super().__init__()
         dim = config.hidden_size
         if config.use_mamba:
-            self.mixer: nn.Module = MambaDecoder(dim, config.num_heads, config.state_size, config.expand,
-                                                 config.dropout)
+            self.mixer: nn.Module = MambaDecoder(
+                dim, config.num_heads, config.state_size, config.expand, config.dropout
+            )
             self.classifier: LabelClassifier | None = LabelClassifier(dim, num_classes)
         else:
             self.mixer = SelfAttention(dim, config.num_heads, config.dropout)
@@ -74,15 +75,18 @@ class ReconstructionBranch(nn.Module):
         grid = config.grid_size
         self.position = nn.Parameter(torch.zeros(1, grid, grid, dim))
         nn.init.trunc_normal_(self.position, std=0.02)
-        self.layers = nn.ModuleList(ReconstructionLayer(config, num_classes) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(
+            ReconstructionLayer(config, num_classes) for _ in range(config.num_layers)
+        )
         self.norm = nn.LayerNorm(dim)
         self.output_proj = nn.Linear(dim, in_channels)
 
     def position_for(self, height: int, width: int) -> torch.Tensor:
         if self.position.shape[1:3] == (height, width):
             return self.position
-        resized = F.interpolate(self.position.permute(0, 3, 1, 2), size=(height, width), mode="bilinear",
-                                align_corners=False)
+        resized = F.interpolate(
+            self.position.permute(0, 3, 1, 2), size=(height, width), mode="bilinear", align_corners=False
+        )
         return resized.permute(0, 2, 3, 1)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:

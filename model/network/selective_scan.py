@@ -21,7 +21,9 @@ except Exception:  # noqa: BLE001 - ImportError, or a CUDA error at import on ma
     _cuda_selective_scan = None
 
 
-def _prepare_delta(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool) -> torch.Tensor:
+def _prepare_delta(
+    delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool
+) -> torch.Tensor:
     if delta_bias is not None:
         delta = delta + delta_bias[None, :, None]
     return F.softplus(delta) if delta_softplus else delta
@@ -82,6 +84,15 @@ def cuda_kernel_available() -> bool:
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     """Dispatch: the CUDA kernel when it is installed and the inputs live on a GPU, else the loop."""
     if u.is_cuda and _cuda_selective_scan is not None and not torch.jit.is_tracing():
-        return _cuda_selective_scan(u.contiguous(), delta.contiguous(), A.contiguous(), B.contiguous(),
-                                    C.contiguous(), D, z, delta_bias, delta_softplus)
+        return _cuda_selective_scan(
+            u.contiguous(),
+            delta.contiguous(),
+            A.contiguous(),
+            B.contiguous(),
+            C.contiguous(),
+            D,
+            z,
+            delta_bias,
+            delta_softplus,
+        )
     return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus)

@@ -43,14 +43,26 @@ def threshold_for_false_reject_rate(scores: np.ndarray, target: float) -> float:
     return float(ordered[ordered.size - 1 - allowed])
 
 
-def calibrate_object(errors: torch.Tensor, present: torch.Tensor, image_size: int, smoothing_sigma: float,
-                     score_pool: int, target_false_reject_rate: float) -> dict:
+def calibrate_object(
+    errors: torch.Tensor,
+    present: torch.Tensor,
+    image_size: int,
+    smoothing_sigma: float,
+    score_pool: int,
+    target_false_reject_rate: float,
+) -> dict:
     """-> norm_mean, norm_std, threshold and the holdout score summary for one object."""
     mean, std = error_statistics(errors, present)
     count = errors.shape[0]
-    _, scores = anomaly_maps(errors, present, torch.tensor([mean] * count, dtype=errors.dtype),
-                             torch.tensor([std] * count, dtype=errors.dtype), image_size, smoothing_sigma,
-                             score_pool)
+    _, scores = anomaly_maps(
+        errors,
+        present,
+        torch.tensor([mean] * count, dtype=errors.dtype),
+        torch.tensor([std] * count, dtype=errors.dtype),
+        image_size,
+        smoothing_sigma,
+        score_pool,
+    )
     scores_np = scores.numpy()
     threshold = threshold_for_false_reject_rate(scores_np, target_false_reject_rate)
     return {

@@ -40,26 +40,34 @@ def information_bottleneck_loss(logits_fused: torch.Tensor, logits_bottleneck: t
     return F.kl_div(F.log_softmax(logits_bottleneck, dim=-1), target, reduction="batchmean")
 
 
-def iumad_losses(outputs: dict, labels: torch.Tensor, weights: LossWeights = LossWeights()
-                 ) -> dict[str, torch.Tensor]:
+def iumad_losses(
+    outputs: dict, labels: torch.Tensor, weights: LossWeights = LossWeights()
+) -> dict[str, torch.Tensor]:
     present = {m: outputs["present"][m].view(-1) for m in MODALITIES}
     original = outputs["original"]
     terms: dict[str, torch.Tensor] = {}
     terms["reconstruction"] = weights.reconstruction * sum(
-        masked_mse(outputs["branch_reconstruction"][m], original[m], present[m]) for m in MODALITIES)
+        masked_mse(outputs["branch_reconstruction"][m], original[m], present[m]) for m in MODALITIES
+    )
     for modality, weight in (("rgb", weights.classify_rgb), ("depth", weights.classify_depth)):
         layer_logits = outputs["layer_logits"][modality]
         if layer_logits:
-            terms[f"classify_{modality}"] = weight * sum(
-                masked_cross_entropy(logits, labels, present[modality]) for logits in layer_logits
-            ) / len(layer_logits)
+            terms[f"classify_{modality}"] = (
+                weight
+                * sum(masked_cross_entropy(logits, labels, present[modality]) for logits in layer_logits)
+                / len(layer_logits)
+            )
     terms["object_head"] = weights.object_head * F.cross_entropy(outputs["object_logits"], labels)
     if "fusion_reconstruction" in outputs:
-        fusion_terms = [masked_mse(reconstruction, original[m], present[m])
-                        for m, reconstruction in outputs["fusion_reconstruction"].items() if reconstruction is not None]
+        fusion_terms = [
+            masked_mse(reconstruction, original[m], present[m])
+            for m, reconstruction in outputs["fusion_reconstruction"].items()
+            if reconstruction is not None
+        ]
         terms["fusion"] = weights.fusion * sum(fusion_terms)
         terms["information_bottleneck"] = weights.information_bottleneck * (
             information_bottleneck_loss(outputs["logits_fused"], outputs["logits_bottleneck"])
-            + F.cross_entropy(outputs["logits_fused"], labels))
+            + F.cross_entropy(outputs["logits_fused"], labels)
+        )
     terms["total"] = sum(terms.values())
     return terms

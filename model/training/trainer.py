@@ -87,21 +87,28 @@ class TrainingResult:
     holdout_features: dict[str, FeatureSet] = field(default_factory=dict)
 
 
-def extract_features(sources: Sequence[SampleSource], extractor: MultiScaleFeatures, image_size: int,
-                     batch_size: int = 8, on_batch: Callable[[int], None] | None = None,
-                     should_cancel: Callable[[], bool] | None = None) -> FeatureSet:
+def extract_features(
+    sources: Sequence[SampleSource],
+    extractor: MultiScaleFeatures,
+    image_size: int,
+    batch_size: int = 8,
+    on_batch: Callable[[int], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> FeatureSet:
     rgb_parts, depth_parts, has_depth_parts = [], [], []
     for start in range(0, len(sources), batch_size):
         if should_cancel is not None and should_cancel():
             raise TrainingCancelled("canceled during feature extraction")
         items = []
-        for source in sources[start:start + batch_size]:
+        for source in sources[start : start + batch_size]:
             rgb, depth = source()
             items.append(InspectionInput(rgb=rgb, depth=depth))
         batch = prepare_inputs(items, image_size)
         with torch.inference_mode():
             rgb_features = extractor(batch.rgb)
-            depth_features = extractor(batch.depth) if bool(batch.has_depth.any()) else torch.zeros_like(rgb_features)
+            depth_features = (
+                extractor(batch.depth) if bool(batch.has_depth.any()) else torch.zeros_like(rgb_features)
+            )
             depth_features = depth_features * batch.has_depth.view(-1, 1, 1, 1)
         rgb_parts.append(rgb_features.clone())
         depth_parts.append(depth_features.clone())
@@ -133,10 +140,17 @@ def _anchor_penalty(net: IUMADNet, anchor: dict[str, torch.Tensor]) -> torch.Ten
     return total
 
 
-def fit(net: IUMADNet, features: FeatureSet, labels: torch.Tensor, options: TrainingOptions, learning_rate: float,
-        anchor: dict[str, torch.Tensor] | None = None, progress: ProgressCallback | None = None,
-        should_cancel: Callable[[], bool] | None = None, progress_span: tuple[float, float] = (0.0, 1.0)
-        ) -> dict:
+def fit(
+    net: IUMADNet,
+    features: FeatureSet,
+    labels: torch.Tensor,
+    options: TrainingOptions,
+    learning_rate: float,
+    anchor: dict[str, torch.Tensor] | None = None,
+    progress: ProgressCallback | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    progress_span: tuple[float, float] = (0.0, 1.0),
+) -> dict:
     """The training loop on cached features. Returns a summary (steps, seconds, loss curve)."""
     generator = torch.Generator().manual_seed(options.seed)
     count = len(features)
@@ -144,8 +158,9 @@ def fit(net: IUMADNet, features: FeatureSet, labels: torch.Tensor, options: Trai
     steps_per_epoch = max(1, count // batch_size)
     total_steps = max(1, options.epochs * steps_per_epoch)
     warmup = max(1, int(options.warmup_fraction * total_steps))
-    optimiser = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=learning_rate,
-                                  weight_decay=options.weight_decay)
+    optimiser = torch.optim.AdamW(
+        [p for p in net.parameters() if p.requires_grad], lr=learning_rate, weight_decay=options.weight_decay
+    )
     net.train()
     started = time.perf_counter()
     curve: list[dict] = []
@@ -159,13 +174,14 @@ def fit(net: IUMADNet, features: FeatureSet, labels: torch.Tensor, options: Trai
                 break
             if should_cancel is not None and should_cancel():
                 raise TrainingCancelled("canceled during training")
-            index = order[start:start + batch_size]
+            index = order[start : start + batch_size]
             has_depth = features.has_depth[index].clone()
             if options.depth_dropout > 0:
                 drop = torch.rand(len(index), generator=generator) < options.depth_dropout
                 has_depth &= ~drop
-            outputs = net(features.rgb[index], features.depth[index], torch.ones_like(has_depth), has_depth,
-                          jitter=True)
+            outputs = net(
+                features.rgb[index], features.depth[index], torch.ones_like(has_depth), has_depth, jitter=True
+            )
             terms = iumad_losses(outputs, labels[index])
             loss = terms["total"]
             if anchor is not None and options.anchor_weight > 0:
@@ -184,28 +200,48 @@ def fit(net: IUMADNet, features: FeatureSet, labels: torch.Tensor, options: Trai
                 budget_checked = True  # shrink the schedule so the whole cosine fits the time budget
                 affordable = int(options.max_seconds / (elapsed / step))
                 if affordable < total_steps:
-                    log.info("time budget %.0fs: %d of %d steps", options.max_seconds, affordable, total_steps)
+                    log.info(
+                        "time budget %.0fs: %d of %d steps", options.max_seconds, affordable, total_steps
+                    )
                     total_steps = max(step + 1, affordable)
                     warmup = min(warmup, max(1, total_steps // 20))
             if step % max(1, steps_per_epoch) == 0 or step == total_steps:
-                curve.append({"step": step, "seconds": round(elapsed, 2), "loss": round(running, 5),
-                              **{k: round(float(v.detach()), 5) for k, v in terms.items() if k != "total"}})
+                curve.append(
+                    {
+                        "step": step,
+                        "seconds": round(elapsed, 2),
+                        "loss": round(running, 5),
+                        **{k: round(float(v.detach()), 5) for k, v in terms.items() if k != "total"},
+                    }
+                )
                 if progress is not None:
                     low, high = progress_span
-                    progress(low + (high - low) * step / total_steps, "training",
-                             {"loss": running, "step": step, "steps": total_steps})
+                    progress(
+                        low + (high - low) * step / total_steps,
+                        "training",
+                        {"loss": running, "step": step, "steps": total_steps},
+                    )
     net.eval()
-    return {"steps": step, "seconds": round(time.perf_counter() - started, 2), "batch_size": batch_size,
-            "learning_rate": learning_rate, "curve": curve}
+    return {
+        "steps": step,
+        "seconds": round(time.perf_counter() - started, 2),
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "curve": curve,
+    }
 
 
-def _errors_for(net: IUMADNet, features: FeatureSet, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def _errors_for(
+    net: IUMADNet, features: FeatureSet, batch_size: int = 32
+) -> tuple[torch.Tensor, torch.Tensor]:
     errors = []
     with torch.inference_mode():
         for start in range(0, len(features), batch_size):
             part = slice(start, start + batch_size)
             has_depth = features.has_depth[part]
-            error, _ = net.error_maps(features.rgb[part], features.depth[part], torch.ones_like(has_depth), has_depth)
+            error, _ = net.error_maps(
+                features.rgb[part], features.depth[part], torch.ones_like(has_depth), has_depth
+            )
             errors.append(error)
     present = torch.stack([torch.ones_like(features.has_depth), features.has_depth], dim=1)
     return torch.cat(errors), present
@@ -256,24 +292,35 @@ def train_version(
     for item in new_objects:
         if len(item.train) < 2:
             raise InputError(f"object {item.name!r} needs at least 2 training samples, got {len(item.train)}")
-        train_sets[item.name] = extract_features(item.train, extractor, config.image_size,
-                                                 options.feature_batch_size, on_batch, should_cancel)
+        train_sets[item.name] = extract_features(
+            item.train, extractor, config.image_size, options.feature_batch_size, on_batch, should_cancel
+        )
         if item.holdout:
-            holdout_sets[item.name] = extract_features(item.holdout, extractor, config.image_size,
-                                                       options.feature_batch_size, on_batch, should_cancel)
+            holdout_sets[item.name] = extract_features(
+                item.holdout,
+                extractor,
+                config.image_size,
+                options.feature_batch_size,
+                on_batch,
+                should_cancel,
+            )
     timings["features_s"] = round(time.perf_counter() - started, 2)
 
     # 2. Network: new (base) or the parent's, grown (incremental).
     first_label = len(old_records)
     label_of = {name: first_label + offset for offset, name in enumerate(names)}
-    all_train = FeatureSet(torch.cat([s.rgb for s in train_sets.values()]),
-                           torch.cat([s.depth for s in train_sets.values()]),
-                           torch.cat([s.has_depth for s in train_sets.values()]))
+    all_train = FeatureSet(
+        torch.cat([s.rgb for s in train_sets.values()]),
+        torch.cat([s.depth for s in train_sets.values()]),
+        torch.cat([s.has_depth for s in train_sets.values()]),
+    )
     labels = torch.cat([torch.full((len(s),), label_of[n], dtype=torch.long) for n, s in train_sets.items()])
     if parent is None:
         net = IUMADNet(config, all_train.rgb.shape[1], all_train.depth.shape[1], len(names))
         depth_rows = all_train.has_depth
-        net.set_feature_statistics(all_train.rgb, all_train.depth[depth_rows] if bool(depth_rows.any()) else None)
+        net.set_feature_statistics(
+            all_train.rgb, all_train.depth[depth_rows] if bool(depth_rows.any()) else None
+        )
         anchor = None
         learning_rate = options.learning_rate
     else:
@@ -298,8 +345,14 @@ def train_version(
         if record.name in retained:
             errors, present = _errors_for(net, retained[record.name])
             present[:, 1] &= "depth" in record.modalities
-            result = calibrate_object(errors, present, config.image_size, config.smoothing_sigma,
-                                      config.score_pool, record.target_false_reject_rate)
+            result = calibrate_object(
+                errors,
+                present,
+                config.image_size,
+                config.smoothing_sigma,
+                config.score_pool,
+                record.target_false_reject_rate,
+            )
             updated.norm_mean, updated.norm_std = result["norm_mean"], result["norm_std"]
             updated.threshold = result["threshold"]
             updated.calibration = {**result["calibration"], "recalibrated_in": version}
@@ -307,23 +360,61 @@ def train_version(
     for item in new_objects:
         calibration_set = holdout_sets.get(item.name, train_sets[item.name])
         errors, present = _errors_for(net, calibration_set)
-        result = calibrate_object(errors, present, config.image_size, config.smoothing_sigma, config.score_pool,
-                                  item.target_false_reject_rate)
-        records.append(ObjectRecord(
-            name=item.name, label=label_of[item.name], modalities=train_sets[item.name].modalities,
-            norm_mean=result["norm_mean"], norm_std=result["norm_std"], threshold=result["threshold"],
-            target_false_reject_rate=item.target_false_reject_rate, train_samples=len(item.train),
-            holdout_samples=len(item.holdout), enrolled_in=version,
-            calibration={**result["calibration"], "on": "holdout" if item.name in holdout_sets else "train"},
-        ))
+        result = calibrate_object(
+            errors,
+            present,
+            config.image_size,
+            config.smoothing_sigma,
+            config.score_pool,
+            item.target_false_reject_rate,
+        )
+        records.append(
+            ObjectRecord(
+                name=item.name,
+                label=label_of[item.name],
+                modalities=train_sets[item.name].modalities,
+                norm_mean=result["norm_mean"],
+                norm_std=result["norm_std"],
+                threshold=result["threshold"],
+                target_false_reject_rate=item.target_false_reject_rate,
+                train_samples=len(item.train),
+                holdout_samples=len(item.holdout),
+                enrolled_in=version,
+                calibration={
+                    **result["calibration"],
+                    "on": "holdout" if item.name in holdout_sets else "train",
+                },
+            )
+        )
     timings["calibration_s"] = round(time.perf_counter() - started, 2)
 
     manifest = Manifest(
-        version=version, config=config,
+        version=version,
+        config=config,
         feature_channels={"rgb": int(net.rgb_mean.numel()), "depth": int(net.depth_mean.numel())},
-        objects=records, parent=parent.version if parent is not None else None,
-        training={"kind": "base" if parent is None else "incremental", "new_objects": names,
-                  "options": asdict(options), "timings": timings, **summary},
+        objects=records,
+        parent=parent.version if parent is not None else None,
+        training={
+            "kind": "base" if parent is None else "incremental",
+            "new_objects": names,
+            "options": asdict(options),
+            "timings": timings,
+            **summary,
+        },
     )
     report(1.0, "trained", {})
     return TrainingResult(net=net, manifest=manifest, holdout_features={**retained, **holdout_sets})
+
+
+def sample_sources(samples: Sequence) -> list[SampleSource]:
+    """Dataset items (`model.data.samples.Sample`) as lazy training sources."""
+    from model.data.samples import load_sample
+
+    def source_for(sample) -> SampleSource:
+        def load() -> tuple[np.ndarray, np.ndarray | None]:
+            loaded = load_sample(sample)
+            return loaded.rgb, loaded.depth
+
+        return load
+
+    return [source_for(sample) for sample in samples]
