@@ -53,11 +53,22 @@ def lukemelas_to_timm(source: dict[str, torch.Tensor], model: nn.Module) -> dict
             has_expansion = hasattr(block, "conv_pwl")
             flat_blocks.append((f"blocks.{stage_index}.{block_index}", has_expansion))
 
-    expanded = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    expanded = {
+        "_expand_conv": "conv_pw",
+        "_bn0": "bn1",
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn2",
+        "_project_conv": "conv_pwl",
+        "_bn2": "bn3",
+    }
     separable = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
-           "_fc": "classifier"}
+    top = {
+        "_conv_stem": "conv_stem",
+        "_bn0": "bn1",
+        "_conv_head": "conv_head",
+        "_bn1": "bn2",
+        "_fc": "classifier",
+    }
 
     renamed: dict[str, torch.Tensor] = {}
     for key, tensor in source.items():
@@ -65,8 +76,10 @@ def lukemelas_to_timm(source: dict[str, torch.Tensor], model: nn.Module) -> dict
         if parts[0] == "_blocks":
             index = int(parts[1])
             if index >= len(flat_blocks):
-                raise WeightsError(f"weights have block {index} but {type(model).__name__} has "
-                                   f"{len(flat_blocks)} blocks: wrong EfficientNet size?")
+                raise WeightsError(
+                    f"weights have block {index} but {type(model).__name__} has "
+                    f"{len(flat_blocks)} blocks: wrong EfficientNet size?"
+                )
             prefix, has_expansion = flat_blocks[index]
             table = expanded if has_expansion else separable
             if parts[2] not in table:
@@ -104,8 +117,11 @@ def load_weights_strict(model: nn.Module, state: dict[str, torch.Tensor]) -> Non
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong_shape = [f"{key}: file {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
-                   for key in expected if key in state and state[key].shape != expected[key].shape]
+    wrong_shape = [
+        f"{key}: file {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in expected
+        if key in state and state[key].shape != expected[key].shape
+    ]
     if missing or unexpected or wrong_shape:
         lines = []
         if missing:
@@ -135,8 +151,13 @@ class FrozenBackbone(nn.Module):
     models) happens inside so every caller feeds the same thing.
     """
 
-    def __init__(self, name: str = "tf_efficientnet_lite0", weights: Path | None = None,
-                 strides: Sequence[int] = STRIDES, pretrained: bool = True) -> None:
+    def __init__(
+        self,
+        name: str = "tf_efficientnet_lite0",
+        weights: Path | None = None,
+        strides: Sequence[int] = STRIDES,
+        pretrained: bool = True,
+    ) -> None:
         super().__init__()
         classifier = timm.create_model(name, pretrained=False)
         if pretrained:

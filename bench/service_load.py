@@ -1,0 +1,338 @@
+"""Load generator for the gateway, with the model's offline batched throughput measured in the same run.
+
+    python -m bench.service_load --url http://127.0.0.1:8000 --version-dir DATA/models/<version>
+    python -m bench.service_load --start-server DATA_DIR --clients 8 --seconds 300   # spawns `iumad serve`
+
+Phases, one after the other so they do not compete for the CPU:
+1. single: one client, sequential requests -> the single-request latency (p50);
+2. load: N concurrent clients (closed loop) for T seconds -> throughput, p50/p99, failures;
+3. half (optional, --half-load): open loop at half the measured throughput -> p99 at that load;
+4. offline: the same model version in this process, `prepare_inputs` + `predict_prepared` on batches
+   of --batch -> the model's batched throughput; the service's throughput is reported as a fraction of it.
+Every request posts the same 224 px RGB PNG + float32 depth TIFF pair (encoded once, up front).
+The server's RSS (from /metrics) is read before and after the load phases, to show drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import tifffile
+from PIL import Image
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    seconds: float
+    requests: int
+    failures: int
+    throughput_rps: float
+    p50_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    failure_kinds: dict[str, int] = field(default_factory=dict)
+
+
+def synthetic_pair(size: int, seed: int = 0) -> tuple[bytes, bytes]:
+    """A textured RGB PNG and a float32 z TIFF (MVTec 3D-AD-like, metres), `size` px square."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    rgb = np.stack([120 + 40 * np.sin(xx / 7), 110 + 30 * np.cos(yy / 9), 90 + 0 * xx], -1)
+    rgb = np.clip(rgb + rng.normal(0, 5, rgb.shape), 0, 255).astype(np.uint8)
+    depth = (0.6 + 0.01 * np.sin(xx / 11) + rng.normal(0, 1e-4, (size, size))).astype(np.float32)
+    rgb_buffer, depth_buffer = io.BytesIO(), io.BytesIO()
+    Image.fromarray(rgb).save(rgb_buffer, format="PNG")
+    tifffile.imwrite(depth_buffer, depth)
+    return rgb_buffer.getvalue(), depth_buffer.getvalue()
+
+
+def percentile_ms(latencies: list[float], q: float) -> float | None:
+    return round(1000 * float(np.percentile(latencies, q)), 2) if latencies else None
+
+
+def summarise(name: str, seconds: float, latencies: list[float], failures: dict[str, int]) -> PhaseResult:
+    count = len(latencies) + sum(failures.values())
+    return PhaseResult(
+        name,
+        round(seconds, 2),
+        count,
+        sum(failures.values()),
+        round(len(latencies) / seconds, 2),
+        percentile_ms(latencies, 50),
+        percentile_ms(latencies, 99),
+        round(1000 * max(latencies), 2) if latencies else None,
+        dict(failures),
+    )
+
+
+class Inspector:
+    """Posts the pair and records latency or the kind of failure."""
+
+    def __init__(self, client: httpx.AsyncClient, url: str, files: dict, data: dict) -> None:
+        self.client, self.url, self.files, self.data = client, url, files, data
+        self.latencies: list[float] = []
+        self.failures: dict[str, int] = {}
+
+    async def once(self) -> None:
+        started = time.perf_counter()
+        try:
+            response = await self.client.post(f"{self.url}/inspect", files=self.files, data=self.data)
+            kind = None if response.status_code == 200 else f"http {response.status_code}"
+        except httpx.HTTPError as error:
+            kind = type(error).__name__
+        if kind is None:
+            self.latencies.append(time.perf_counter() - started)
+        else:
+            self.failures[kind] = self.failures.get(kind, 0) + 1
+
+
+async def closed_loop(inspector: Inspector, clients: int, seconds: float) -> float:
+    deadline = time.perf_counter() + seconds
+
+    async def client_loop() -> None:
+        while time.perf_counter() < deadline:
+            await inspector.once()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client_loop() for _ in range(clients)))
+    return time.perf_counter() - started
+
+
+async def open_loop(inspector: Inspector, rate: float, seconds: float) -> float:
+    """Requests at a fixed rate, whatever the answers' latency (what a line of cameras does)."""
+    interval = 1.0 / rate
+    started = time.perf_counter()
+    tasks = []
+    next_at = started
+    while next_at < started + seconds:
+        await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+        tasks.append(asyncio.create_task(inspector.once()))
+        next_at += interval
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - started
+
+
+async def activate(client: httpx.AsyncClient, url: str, version: str, timeout_s: float = 120.0) -> dict:
+    """Make `version` the active one (operator endpoint) and wait until this gateway serves it."""
+    response = await client.post(f"{url}/models/{version}/activate")
+    if response.status_code != 200:
+        raise SystemExit(f"cannot activate {version}: {response.status_code} {response.text}")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready = (await client.get(f"{url}/readyz")).json()
+        if ready.get("model_version") == version:
+            return ready
+        await asyncio.sleep(0.2)
+    raise SystemExit(f"the gateway did not swap to {version} within {timeout_s:.0f} s")
+
+
+async def server_rss_mb(client: httpx.AsyncClient, url: str) -> float | None:
+    try:
+        text = (await client.get(f"{url}/metrics")).text
+    except httpx.HTTPError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("process_resident_memory_bytes "):
+            return round(float(line.split()[1]) / 2**20, 1)
+    return None
+
+
+async def run_service_phases(args: argparse.Namespace, rgb: bytes, depth: bytes) -> dict:
+    files = {"rgb": ("part.png", rgb, "image/png"), "depth": ("part.tiff", depth, "image/tiff")}
+    data = {"mask": args.mask}
+    headers = {"X-API-Key": args.api_key} if args.api_key else {}
+    limits = httpx.Limits(
+        max_connections=max(args.clients, 64), max_keepalive_connections=max(args.clients, 64)
+    )
+    async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as client:
+        ready = (await client.get(f"{args.url}/readyz")).json()
+        if args.activate and ready.get("model_version") != args.activate:
+            ready = await activate(client, args.url, args.activate)
+        if not ready.get("ready") or ready.get("state") != "ready":
+            raise SystemExit(f"the gateway is not serving a model: {ready}")
+        for _ in range(5):  # warm the connections and the server's code paths
+            await Inspector(client, args.url, files, data).once()
+        rss_before = await server_rss_mb(client, args.url)
+
+        single = Inspector(client, args.url, files, data)
+        single_seconds = await closed_loop(single, 1, args.single_seconds)
+        load = Inspector(client, args.url, files, data)
+        load_seconds = await closed_loop(load, args.clients, args.seconds)
+        phases = [
+            summarise("single", single_seconds, single.latencies, single.failures),
+            summarise(f"load x{args.clients}", load_seconds, load.latencies, load.failures),
+        ]
+        if args.half_load and load.latencies:
+            half = Inspector(client, args.url, files, data)
+            rate = max(0.5, phases[1].throughput_rps / 2)
+            half_seconds = await open_loop(half, rate, max(5.0, args.seconds / 2))
+            phases.append(summarise(f"half load ({rate:.1f}/s)", half_seconds, half.latencies, half.failures))
+        rss_after = await server_rss_mb(client, args.url)
+    return {
+        "model_version": ready.get("model_version"),
+        "device": ready.get("device"),
+        "phases": [asdict(phase) for phase in phases],
+        "server_rss_mb": {"before": rss_before, "after": rss_after},
+    }
+
+
+def offline_throughput(
+    version_dir: Path, rgb: bytes, depth: bytes, batch: int, seconds: float, device: str
+) -> dict:
+    """The model alone, batched: preprocessing + model call, no HTTP, no decoding.
+
+    It runs in a dedicated thread, like the gateway's inference thread: on a CPU shared with other
+    processes, PyTorch's intra-op threads driven from the main thread can be many times slower (an
+    OpenMP team waiting on descheduled threads), which would flatter the service.
+    """
+    from model.data.decode import decode_depth, decode_rgb
+    from model.inference import InspectionInput, InspectionModel, prepare_inputs
+    from service.runtime import resolve_device
+
+    model = InspectionModel.load(version_dir, device=resolve_device(device))
+    item = InspectionInput(decode_rgb(rgb), decode_depth(depth))
+    items = [item] * batch
+    result: dict = {}
+
+    def measure() -> None:
+        model.predict_prepared(prepare_inputs(items, model.config.image_size), [None] * batch)  # warm-up
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            model.predict_prepared(prepare_inputs(items, model.config.image_size), [None] * batch)
+            done += batch
+        elapsed = time.perf_counter() - started
+        result.update(seconds=round(elapsed, 2), throughput_ips=round(done / elapsed, 2))
+
+    thread = threading.Thread(target=measure, name="offline-inference")
+    thread.start()
+    thread.join()
+    return {"version": model.version, "batch": batch, **result}
+
+
+def find_version_dir(args: argparse.Namespace, model_version: str | None) -> Path | None:
+    if args.version_dir:
+        return Path(args.version_dir)
+    data_dir = args.start_server or args.data_dir
+    if data_dir and model_version:
+        return Path(data_dir) / "models" / model_version
+    return None
+
+
+def start_server(data_dir: str, port: int, log_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "IUMAD_DATA_DIR": data_dir}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "iumad.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise SystemExit(f"the gateway did not become ready; see {log_path}")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def print_report(report: dict) -> None:
+    print(
+        f"model {report['service']['model_version']} on {report['service']['device']}, "
+        f"{report['size']} px pairs, {report['clients']} clients"
+    )
+    print(f"{'phase':<24}{'req':>7}{'fail':>6}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}")
+    for phase in report["service"]["phases"]:
+        print(
+            f"{phase['name']:<24}{phase['requests']:>7}{phase['failures']:>6}{phase['throughput_rps']:>9}"
+            f"{phase['p50_ms']!s:>9}{phase['p99_ms']!s:>9}{phase['max_ms']!s:>9}"
+        )
+    offline = report.get("offline")
+    if offline:
+        print(
+            f"offline batched (batch {offline['batch']}): {offline['throughput_ips']} parts/s; "
+            f"service/offline = {report['service_vs_offline']}"
+        )
+    rss = report["service"]["server_rss_mb"]
+    print(f"server RSS: {rss['before']} MB before load, {rss['after']} MB after")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument(
+        "--start-server", metavar="DATA_DIR", help="spawn `iumad serve` on this data directory"
+    )
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=20.0, help="duration of the concurrent-load phase")
+    parser.add_argument("--single-seconds", type=float, default=5.0)
+    parser.add_argument("--half-load", action="store_true", help="also run an open-loop phase at half load")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--mask", default="rle", choices=["none", "png", "rle"])
+    parser.add_argument("--api-key", default=os.environ.get("IUMAD_BENCH_API_KEY"))
+    parser.add_argument("--activate", metavar="VERSION", help="activate this version first (operator key)")
+    parser.add_argument("--version-dir", help="model version for the offline measurement")
+    parser.add_argument("--data-dir", help="the server's data directory (finds the served version's files)")
+    parser.add_argument(
+        "--batch", type=int, default=8, help="offline batch size (use the server's max batch)"
+    )
+    parser.add_argument("--offline-seconds", type=float, default=10.0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", help="also write the report here")
+    args = parser.parse_args(argv)
+
+    rgb, depth = synthetic_pair(args.size)
+    process = None
+    if args.start_server:
+        port = free_port()
+        args.url = f"http://127.0.0.1:{port}"
+        process = start_server(args.start_server, port, Path(args.start_server) / "bench-gateway.log")
+    try:
+        service = asyncio.run(run_service_phases(args, rgb, depth))
+    finally:
+        if process is not None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(60)
+    report: dict = {"url": args.url, "size": args.size, "clients": args.clients, "service": service}
+    version_dir = find_version_dir(args, service["model_version"])
+    if version_dir is not None and args.offline_seconds > 0:
+        report["offline"] = offline_throughput(
+            version_dir, rgb, depth, args.batch, args.offline_seconds, args.device
+        )
+        load_phase = service["phases"][1]
+        report["service_vs_offline"] = round(
+            load_phase["throughput_rps"] / report["offline"]["throughput_ips"], 3
+        )
+    print_report(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    failures = sum(phase["failures"] for phase in service["phases"])
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

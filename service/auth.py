@@ -1,0 +1,66 @@
+"""API keys in `X-API-Key`, two roles: `inspect` (cameras) and `operator` (who may also inspect).
+
+With no keys configured at all, auth is off (the app logs a loud warning at start-up). Keys are
+compared in constant time, against every configured key, so timing tells nothing about which one
+nearly matched.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Literal
+
+from fastapi import Depends, Security
+from fastapi.security import APIKeyHeader
+
+from iumad.settings import Settings
+from service.errors import ForbiddenError, UnauthorizedError
+from service.state import AppState, get_state
+
+Role = Literal["inspect", "operator", "anonymous"]
+
+api_key_header = APIKeyHeader(
+    name="X-API-Key",
+    auto_error=False,
+    description="An `inspect` or `operator` key (unused when auth is off).",
+)
+
+
+def _matches_any(candidate: str, keys: list[str]) -> bool:
+    given = candidate.encode("utf-8")
+    found = False
+    for key in keys:  # no early exit: the time does not depend on which key matched
+        found |= hmac.compare_digest(given, key.encode("utf-8"))
+    return found
+
+
+def role_of(settings: Settings, api_key: str | None) -> Role:
+    """The caller's role; raises 401 when auth is on and the key is missing or unknown."""
+    if not settings.auth_enabled:
+        return "anonymous"
+    if not api_key:
+        raise UnauthorizedError("missing API key: send it in the X-API-Key header")
+    if _matches_any(api_key, settings.operator_api_keys):
+        return "operator"
+    if _matches_any(api_key, settings.inspect_api_keys):
+        return "inspect"
+    raise UnauthorizedError("unknown API key")
+
+
+def require_inspect(
+    state: Annotated[AppState, Depends(get_state)],
+    api_key: Annotated[str | None, Security(api_key_header)] = None,
+) -> Role:
+    """Cameras and operators; anyone when auth is off."""
+    return role_of(state.settings, api_key)
+
+
+def require_operator(
+    state: Annotated[AppState, Depends(get_state)],
+    api_key: Annotated[str | None, Security(api_key_header)] = None,
+) -> Role:
+    """Operators only (set thresholds, enrol, activate, roll back); anyone when auth is off."""
+    role = role_of(state.settings, api_key)
+    if role == "inspect":
+        raise ForbiddenError("this needs an operator API key; the given key may only inspect")
+    return role

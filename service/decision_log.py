@@ -1,0 +1,204 @@
+"""The append-only decision log, and the optional store of rejected parts' images.
+
+Every answered inspection appends one JSON line to `data_dir/decisions/decisions-YYYY-MM-DD.jsonl`
+(UTC day; a new file each day): request id, time, object, model version, score, raw score, threshold,
+decision and server latency. With `keep_rejected_images`, a failed part's uploaded files are kept as
+sent under `data_dir/rejected/YYYY-MM-DD/<request id>_{rgb,depth}.<ext>`, pruned to a total size and
+an age limit (oldest first).
+
+One background thread does all the disk work, so the event loop only puts a record on a queue. If
+the writer falls behind (a full queue), records are dropped and counted rather than slowing inspection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+from model.data.decode import sniff_format
+from service.metrics import DECISION_LOG_DROPPED, REJECTED_IMAGES_KEPT
+
+log = logging.getLogger(__name__)
+
+_PRUNE_EVERY_S = 60.0
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    request_id: str
+    time: str  # ISO 8601, UTC
+    object: str
+    object_source: str
+    model_version: str
+    score: float
+    raw_score: float
+    threshold: float
+    decision: str  # "pass" | "fail"
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class _Flush:
+    done: threading.Event
+
+
+@dataclass(frozen=True)
+class _Entry:
+    record: DecisionRecord
+    images: dict[str, bytes] | None
+
+
+class DecisionLog:
+    def __init__(
+        self,
+        directory: Path,
+        rejected_directory: Path | None = None,
+        rejected_max_bytes: int = 1024 * 1024 * 1024,
+        rejected_max_age_s: float = 30 * 86400,
+        max_pending: int = 10_000,
+    ) -> None:
+        self.directory = Path(directory)
+        self.rejected_directory = Path(rejected_directory) if rejected_directory else None
+        self.rejected_max_bytes = rejected_max_bytes
+        self.rejected_max_age_s = rejected_max_age_s
+        self._queue: queue.Queue[_Entry | _Flush | None] = queue.Queue(maxsize=max_pending)
+        self._thread: threading.Thread | None = None
+        self._handle: IO[str] | None = None
+        self._day = ""
+        self._pruned_at = 0.0
+        self._kept_bytes = 0  # kept images' total size, as of the last prune plus writes since
+
+    @property
+    def keeps_rejected_images(self) -> bool:
+        return self.rejected_directory is not None
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._run, name="iumad-decision-log", daemon=True)
+        self._thread.start()
+
+    def record(self, record: DecisionRecord, images: dict[str, bytes] | None = None) -> None:
+        """Queue one decision (and, for a kept rejected part, its files by role); never blocks."""
+        try:
+            self._queue.put_nowait(_Entry(record, images if self.keeps_rejected_images else None))
+        except queue.Full:
+            DECISION_LOG_DROPPED.inc()
+            log.warning("decision log writer is behind; dropped the record of %s", record.request_id)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything queued so far is on disk (tests, shutdown)."""
+        if self._thread is None or not self._thread.is_alive():
+            return False
+        done = threading.Event()
+        self._queue.put(_Flush(done), timeout=timeout)
+        return done.wait(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        if self._thread is None:
+            return
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            log.error("decision log writer is stuck; closing without the pending records")
+        self._thread.join(timeout)
+        self._thread = None
+
+    # --- the writer thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        if self.rejected_directory is not None:
+            self._prune()
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            if isinstance(item, _Flush):
+                self._flush_handle()
+                item.done.set()
+                continue
+            try:
+                self._write(item)
+            except Exception:  # noqa: BLE001 - a full disk must not kill the writer
+                DECISION_LOG_DROPPED.inc()
+                log.exception("cannot write the decision of %s", item.record.request_id)
+            if self._queue.empty():
+                self._flush_handle()
+        self._flush_handle()
+        if self._handle is not None:
+            self._handle.close()
+
+    def _flush_handle(self) -> None:
+        if self._handle is not None:
+            try:
+                self._handle.flush()
+            except OSError:
+                log.exception("cannot flush the decision log")
+
+    def _write(self, entry: _Entry) -> None:
+        record = entry.record
+        day = record.time[:10]
+        line = asdict(record)
+        if entry.images and record.decision == "fail" and self.rejected_directory is not None:
+            line["kept_images"] = self._keep_images(record, entry.images, day)
+        if day != self._day or self._handle is None:
+            if self._handle is not None:
+                self._handle.close()
+            self._handle = (self.directory / f"decisions-{day}.jsonl").open("a", encoding="utf-8")
+            self._day = day
+        self._handle.write(json.dumps(line) + "\n")
+
+    def _keep_images(self, record: DecisionRecord, images: dict[str, bytes], day: str) -> list[str]:
+        assert self.rejected_directory is not None
+        folder = self.rejected_directory / day
+        folder.mkdir(parents=True, exist_ok=True)
+        kept = []
+        for role, data in images.items():
+            extension = sniff_format(data) or "bin"
+            path = folder / f"{record.request_id}_{role}.{extension}"
+            path.write_bytes(data)
+            self._kept_bytes += len(data)
+            kept.append(str(path.relative_to(self.rejected_directory)))
+        REJECTED_IMAGES_KEPT.inc()
+        if self._kept_bytes > self.rejected_max_bytes or time.monotonic() - self._pruned_at > _PRUNE_EVERY_S:
+            self._prune()
+        return kept
+
+    def _prune(self) -> None:
+        """Delete kept images older than the age limit, then the oldest until under 90% of the size limit
+        (the margin keeps the next few writes from pruning again)."""
+        self._pruned_at = time.monotonic()
+        root = self.rejected_directory
+        if root is None or not root.is_dir():
+            return
+        now = time.time()
+        files = []
+        for path in root.rglob("*"):
+            if path.is_file():
+                stat = path.stat()
+                if now - stat.st_mtime > self.rejected_max_age_s:
+                    path.unlink(missing_ok=True)
+                else:
+                    files.append((stat.st_mtime, stat.st_size, path))
+        total = sum(size for _, size, _ in files)
+        if total > self.rejected_max_bytes:
+            for _, size, path in sorted(files, key=lambda item: item[0]):
+                if total <= 0.9 * self.rejected_max_bytes:
+                    break
+                path.unlink(missing_ok=True)
+                total -= size
+        self._kept_bytes = total
+        for folder in root.iterdir():
+            if folder.is_dir() and not any(folder.iterdir()):
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")

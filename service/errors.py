@@ -1,0 +1,185 @@
+"""Every error answer has one shape: `{"error": {"code": "...", "message": "..."}}`.
+
+`model.errors.IumadError` subclasses carry their HTTP status and code; the few errors only the
+gateway can raise (queue full, not ready, auth, too large) are defined here. FastAPI's own validation
+and HTTP errors are re-shaped, and an unexpected exception becomes a 500 of the same shape with the
+traceback logged, so a client never has to parse two formats.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from model.errors import ConflictError, IumadError
+from service.request_context import current_request_id
+
+log = logging.getLogger(__name__)
+
+ENROL_HINT = (
+    "nothing is enrolled yet: enrol an object first with POST /enroll-object (operator API key; multipart: "
+    "object=<name>, archive=<.zip/.tar of normal RGB[+depth] pairs> or repeated files=<000.png, 000.tiff, ...>), "
+    "wait for the job (GET /jobs/{id}) to succeed, then retry"
+)
+
+
+class ServiceUnavailableError(IumadError):
+    """The gateway cannot take this request now; `retry_after_s` says when to try again."""
+
+    http_status = 503
+    code = "unavailable"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class QueueFullError(ServiceUnavailableError):
+    code = "queue_full"
+
+
+class NotReadyError(ServiceUnavailableError):
+    code = "not_ready"
+
+
+class NothingEnrolledError(ConflictError):
+    code = "nothing_enrolled"
+
+    def __init__(self, message: str = ENROL_HINT) -> None:
+        super().__init__(message)
+
+
+class PayloadTooLargeError(IumadError):
+    http_status = 413
+    code = "payload_too_large"
+
+
+class UnauthorizedError(IumadError):
+    http_status = 401
+    code = "unauthorized"
+
+
+class ForbiddenError(IumadError):
+    http_status = 403
+    code = "forbidden"
+
+
+class ValidationFailedError(IumadError):
+    """A field value the schema cannot express (e.g. a non-finite threshold)."""
+
+    http_status = 422
+    code = "validation_error"
+
+
+_CODES_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        error["details"] = details
+    return {"error": error}
+
+
+def request_id_of(request: Request) -> str | None:
+    """Also after the request-id middleware has returned (the 500 handler runs outside it)."""
+    return request.scope.get("state", {}).get("request_id") or current_request_id()
+
+
+def error_response(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    headers = dict(headers or {})
+    request_id = request_id_of(request)
+    if request_id:
+        headers.setdefault("X-Request-ID", request_id)
+    return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
+
+
+def _field_name(location: Sequence[Any]) -> str:
+    """('body', 'mask') -> 'mask'; ('path', 'name') -> 'name'; keeps nested indices."""
+    parts = [str(part) for part in location]
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie", "form"):
+        parts = parts[1:]
+    return ".".join(parts) or "request"
+
+
+def validation_message(errors: Sequence[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """A readable one-line message and JSON-safe details (never echo uploaded bytes back)."""
+    details = [
+        {
+            "field": _field_name(error.get("loc", ())),
+            "message": str(error.get("msg", "")),
+            "type": str(error.get("type", "")),
+        }
+        for error in errors
+    ]
+    message = "; ".join(f"{detail['field']}: {detail['message']}" for detail in details) or "invalid request"
+    return message, details
+
+
+async def handle_iumad_error(request: Request, error: IumadError) -> JSONResponse:
+    headers = {}
+    if isinstance(error, ServiceUnavailableError):
+        headers["Retry-After"] = str(error.retry_after_s)
+    if isinstance(error, UnauthorizedError):
+        headers["WWW-Authenticate"] = 'ApiKey header="X-API-Key"'
+    log.info("%s %s -> %d %s: %s", request.method, request.url.path, error.http_status, error.code, error)
+    return error_response(request, error.http_status, error.code, str(error), headers=headers)
+
+
+async def handle_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    message, details = validation_message(error.errors())
+    log.info("%s %s -> 422: %s", request.method, request.url.path, message)
+    return error_response(request, 422, "validation_error", message, details)
+
+
+async def handle_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    code = _CODES_BY_STATUS.get(error.status_code, "error" if error.status_code >= 500 else "bad_request")
+    message = error.detail if isinstance(error.detail, str) else str(error.detail)
+    if error.status_code == 404 and message == "Not Found":
+        message = f"no such endpoint: {request.method} {request.url.path}"
+    return error_response(request, error.status_code, code, message, headers=dict(error.headers or {}))
+
+
+async def handle_unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    request_id = request_id_of(request) or "unknown"
+    log.exception(
+        "unexpected error in %s %s", request.method, request.url.path, extra={"request_id": request_id}
+    )
+    return error_response(
+        request,
+        500,
+        "internal_error",
+        f"internal error (request id {request_id}); the gateway logged the details",
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(IumadError, handle_iumad_error)
+    app.add_exception_handler(RequestValidationError, handle_validation_error)
+    app.add_exception_handler(StarletteHTTPException, handle_http_error)
+    app.add_exception_handler(Exception, handle_unexpected_error)

@@ -1,0 +1,111 @@
+"""Request-body size limits, enforced before anything parses the body (pure ASGI middleware).
+
+Two checks, because a client may lie or not say: a declared `Content-Length` over the limit is answered
+413 at once, without reading a byte of the body; a body without one (chunked) is counted as it streams
+and cut off at the limit. Either way the answer closes the connection (`Connection: close`), so the
+server never has to swallow the rest of an oversized upload.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import error_body
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BODY_LIMIT = 1024 * 1024  # JSON bodies (PATCH /objects/...) need far less than this
+
+
+class UploadLimitMiddleware:
+    """`limits` maps a path (exact, or a prefix ending in '/') to its byte limit; others get `default`."""
+
+    def __init__(self, app: ASGIApp, limits: Mapping[str, int], default: int = DEFAULT_BODY_LIMIT) -> None:
+        self.app = app
+        self.limits = dict(limits)
+        self.default = default
+
+    def limit_for(self, path: str) -> int:
+        if path in self.limits:
+            return self.limits[path]
+        for prefix, limit in self.limits.items():
+            if prefix.endswith("/") and path.startswith(prefix):
+                return limit
+        return self.default
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        limit = self.limit_for(path)
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            log.info("refused %s: Content-Length %d > limit %d", path, declared, limit)
+            await _send_too_large(send, path, limit, declared)
+            return
+
+        received = 0
+        exceeded = False
+        response_started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, exceeded
+            if exceeded:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    exceeded = True  # the app sees a disconnect; we answer 413 in its place
+                    log.info("refused %s: streamed body passed the limit of %d bytes", path, limit)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal response_started
+            if exceeded and not response_started:
+                return  # whatever the app answers to the cut-off body is replaced by the 413 below
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not (exceeded and not response_started):
+                raise
+        if exceeded and not response_started:
+            await _send_too_large(send, path, limit, None)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _send_too_large(send: Send, path: str, limit: int, declared: int | None) -> None:
+    size = f"{declared} bytes" if declared is not None else "more than that"
+    message = f"request body for {path} is larger than the limit of {limit} bytes ({size})"
+    body = json.dumps(error_body("payload_too_large", message)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,342 @@
+"""`POST /inspect`: one RGB (+ depth) pair in, a decision, a score and a defect mask out.
+
+The form is parsed by hand, after the API key check: FastAPI reads form parameters before running
+any dependency, which would let an unauthenticated client make the gateway parse a 300 MB upload.
+The fields are then validated by `InspectOptions` (pydantic), so bad values still answer 422 in the
+usual shape, and the OpenAPI schema is written out below.
+
+Stages and where they run: decode + preprocess in the decode pool, the model in the inference thread
+(`ModelRuntime`), masks / map encoding in the decode pool again; the event loop only awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+import numpy as np
+import torch
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import FormData, UploadFile
+
+from model.data.decode import check_same_size, decode_depth, decode_rgb
+from model.errors import IumadError, UnsupportedMediaError
+from model.inference import InspectionInput, InspectionModel, PreparedBatch
+from model.network.anomaly_map import resize_map
+from service.auth import require_inspect
+from service.decision_log import DecisionRecord, utc_now_iso
+from service.errors import NothingEnrolledError, NotReadyError
+from service.masks import encode_anomaly_map, encode_mask_png, encode_mask_rle
+from service.metrics import INSPECT_ERRORS, INSPECT_LATENCY, INSPECTIONS, STAGE_LATENCY
+from service.request_context import current_request_id, new_request_id
+from service.runtime import InferenceResult, ModelRuntime, RuntimeState
+from service.schemas import OBJECT_NAME_PATTERN, AnomalyMap, InspectResponse, MaskFormat, RleMask, Timings
+from service.scoring import decision_score, score_spread, threshold_in_force
+from service.state import AppState, get_state
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["inspect"])
+
+T = TypeVar("T")
+
+
+class InspectOptions(BaseModel):
+    """The non-file form fields of `POST /inspect`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    object: str | None = Field(
+        None,
+        pattern=OBJECT_NAME_PATTERN,
+        description="The object; omitted = the model's label classifier chooses.",
+    )
+    mask: MaskFormat = Field("png", description="none | png (base64 1-bit PNG) | rle (see RleMask).")
+    return_map: bool = Field(False, description="Also return the continuous anomaly map (16-bit PNG).")
+    threshold: float | None = Field(
+        None, allow_inf_nan=False, description="Raw-score threshold for this request only."
+    )
+
+
+_FILE_FIELDS = {
+    "rgb": {
+        "type": "string",
+        "format": "binary",
+        "description": "Required. PNG, JPEG, BMP or TIFF, 8 bits per channel.",
+    },
+    "depth": {
+        "type": "string",
+        "format": "binary",
+        "description": "Optional. Float32 TIFF (HxW z or HxWx3 xyz, MVTec 3D-AD), 16-bit greyscale PNG "
+        "or .npy (no pickles); same height and width as rgb; 0/NaN = missing.",
+    },
+}
+_OPENAPI_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["rgb"],
+                    "properties": {**_FILE_FIELDS, **InspectOptions.model_json_schema()["properties"]},
+                }
+            }
+        },
+    }
+}
+
+
+@dataclass
+class _Decoded:
+    item: InspectionInput
+    prepared: PreparedBatch
+    files: dict[str, bytes] | None  # kept only to store a rejected part's images
+
+
+async def _in_pool(pool: Executor, function: Callable[..., T], *args: Any) -> T:
+    """Run blocking work in `pool` with the request's context (so its log lines carry the request id)."""
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(pool, context.run, function, *args)
+
+
+def _parse_options(form: FormData) -> tuple[UploadFile, UploadFile | None, InspectOptions]:
+    errors: list[dict[str, Any]] = []
+    files: dict[str, UploadFile | None] = {}
+    for name in ("rgb", "depth"):
+        value = form.get(name)
+        if isinstance(value, UploadFile) or value is None:
+            files[name] = value
+        else:
+            errors.append(
+                {
+                    "loc": ("body", name),
+                    "msg": "expected a file upload (multipart with a filename)",
+                    "type": "value_error",
+                }
+            )
+    if files.get("rgb") is None and not errors:
+        errors.append({"loc": ("body", "rgb"), "msg": "Field required", "type": "missing"})
+    values = {
+        key: value
+        for key, value in form.items()
+        if key in InspectOptions.model_fields and isinstance(value, str) and value != ""
+    }
+    try:
+        options = InspectOptions.model_validate(values)
+    except ValidationError as error:
+        errors.extend({**e, "loc": ("body", *e["loc"])} for e in error.errors())
+        options = None
+    if errors or options is None:
+        raise RequestValidationError(errors)
+    return files["rgb"], files["depth"], options  # type: ignore[return-value]
+
+
+def _serving_model(runtime: ModelRuntime) -> InspectionModel:
+    state = runtime.state
+    model = runtime.model
+    if state is RuntimeState.READY and model is not None:
+        return model
+    if state is RuntimeState.EMPTY:
+        raise NothingEnrolledError()
+    if state is RuntimeState.LOADING:
+        raise NotReadyError("the model version is still loading; retry shortly", retry_after_s=2)
+    if state is RuntimeState.FAILED:
+        failure = runtime.last_load_error
+        detail = f": {failure.message}" if failure else ""
+        raise NotReadyError(
+            f"no model version is serving: the active version failed to load{detail}", retry_after_s=10
+        )
+    raise NotReadyError("the gateway is shutting down; retry on another gateway", retry_after_s=1)
+
+
+def _decode(
+    rgb_file: UploadFile,
+    depth_file: UploadFile | None,
+    object_name: str | None,
+    runtime: ModelRuntime,
+    max_pixels: int,
+    keep_files: bool,
+) -> _Decoded:
+    rgb_file.file.seek(0)
+    rgb_bytes = rgb_file.file.read()
+    rgb = decode_rgb(rgb_bytes, name=f"rgb {rgb_file.filename!r}", max_pixels=max_pixels)
+    depth = None
+    depth_bytes = None
+    if depth_file is not None:
+        depth_file.file.seek(0)
+        depth_bytes = depth_file.file.read()
+        depth = decode_depth(depth_bytes, name=f"depth {depth_file.filename!r}", max_pixels=max_pixels)
+        check_same_size(rgb, depth, "rgb and depth")
+    item = InspectionInput(rgb=rgb, depth=depth, object=object_name)
+    files = None
+    if keep_files:
+        files = {"rgb": rgb_bytes} | ({"depth": depth_bytes} if depth_bytes is not None else {})
+    return _Decoded(item, runtime.prepare(item), files)
+
+
+def _respond(
+    state: AppState,
+    options: InspectOptions,
+    decoded: _Decoded,
+    result: InferenceResult,
+    request_id: str,
+    timings: dict[str, float],
+) -> InspectResponse:
+    """Threshold, score, mask and map: everything after the model call (runs in the decode pool)."""
+    prediction = result.prediction
+    record = result.model.object(prediction.object)
+    threshold, source = threshold_in_force(record, state.thresholds.get(record.name), options.threshold)
+    score = decision_score(prediction.raw_score, threshold, score_spread(record))
+    is_anomalous = prediction.raw_score > threshold
+    height, width = decoded.item.rgb.shape[:2]
+
+    full_map = None
+    if is_anomalous or options.return_map:
+        full_map = resize_map(torch.from_numpy(prediction.anomaly_map), height, width).numpy()
+    if is_anomalous and full_map is not None:
+        mask = full_map > threshold
+    else:
+        mask = np.zeros((height, width), dtype=bool)  # a passing part has no defect to show
+
+    encoded_mask: str | RleMask | None = None
+    if options.mask == "png":
+        encoded_mask = encode_mask_png(mask)
+    elif options.mask == "rle":
+        encoded_mask = RleMask(**encode_mask_rle(mask))
+    anomaly_map = (
+        AnomalyMap(**encode_anomaly_map(full_map)) if options.return_map and full_map is not None else None
+    )
+    return InspectResponse(
+        request_id=request_id,
+        object=prediction.object,
+        object_source=prediction.object_source,  # type: ignore[arg-type]
+        object_confidence=prediction.object_confidence,
+        is_anomalous=is_anomalous,
+        score=score,
+        raw_score=prediction.raw_score,
+        threshold=threshold,
+        threshold_source=source,
+        defect_area_fraction=float(mask.mean()) if mask.size else 0.0,
+        mask_format=options.mask,
+        mask=encoded_mask,
+        anomaly_map=anomaly_map,
+        modalities=prediction.modalities,
+        model_version=result.model_version,
+        timings_ms=Timings(**timings),
+        warnings=list(prediction.warnings),
+    )
+
+
+@router.post(
+    "/inspect",
+    response_model=InspectResponse,
+    summary="Inspect one part (RGB + optional depth)",
+    openapi_extra=_OPENAPI_BODY,
+    responses={
+        400: {
+            "description": "Unreadable or inconsistent input (corrupt image, size mismatch, no valid depth)."
+        },
+        401: {"description": "Missing or unknown API key."},
+        404: {"description": "Unknown object."},
+        409: {"description": "Nothing is enrolled yet (the message says how to enrol)."},
+        413: {"description": "Upload larger than the limit."},
+        415: {"description": "Not a supported image / depth format, or not a multipart form."},
+        422: {"description": "Invalid field value (object name, mask, return_map, threshold)."},
+        503: {"description": "Starting, draining, model failed to load, or queue full (see Retry-After)."},
+    },
+)
+async def inspect(
+    request: Request,
+    state: Annotated[AppState, Depends(get_state)],
+    _role: Annotated[str, Depends(require_inspect)],
+) -> InspectResponse:
+    """Scores the part and answers pass/fail with a mask; `score` is documented in the response schema."""
+    started = time.perf_counter()
+    try:
+        return await _inspect(request, state, started)
+    except RequestValidationError:
+        INSPECT_ERRORS.labels("validation_error").inc()
+        raise
+    except IumadError as error:
+        INSPECT_ERRORS.labels(error.code).inc()
+        raise
+    except Exception:
+        INSPECT_ERRORS.labels("internal_error").inc()
+        raise
+
+
+async def _inspect(request: Request, state: AppState, started: float) -> InspectResponse:
+    runtime = state.runtime
+    model = _serving_model(runtime)
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise UnsupportedMediaError(
+            f"POST /inspect takes multipart/form-data (fields rgb, depth, object, ...), "
+            f"not {content_type or 'a body without Content-Type'}"
+        )
+    form = await request.form(max_files=4, max_fields=16)
+    try:
+        rgb_file, depth_file, options = _parse_options(form)
+        if options.object is not None:
+            model.object(options.object)  # 404 before any decoding
+        request_id = current_request_id() or new_request_id()
+        settings = state.settings
+
+        decoded = await _in_pool(
+            state.decode_pool,
+            _decode,
+            rgb_file,
+            depth_file,
+            options.object,
+            runtime,
+            settings.max_image_pixels,
+            settings.keep_rejected_images,
+        )
+        decoded_at = time.perf_counter()
+        result = await runtime.infer(decoded.item, decoded.prepared)
+        timings = {"decode": decoded_at - started, "queue": result.queue_s, "infer": result.infer_s}
+        post_started = time.perf_counter()
+        response = await _in_pool(
+            state.decode_pool,
+            _respond,
+            state,
+            options,
+            decoded,
+            result,
+            request_id,
+            {**{k: round(1000 * v, 3) for k, v in timings.items()}, "post": 0.0},
+        )
+        finished = time.perf_counter()
+    finally:
+        await form.close()
+    timings["post"] = finished - post_started
+    response.timings_ms.post = round(1000 * timings["post"], 3)
+    for stage, seconds in timings.items():
+        STAGE_LATENCY.labels(stage).observe(seconds)
+    decision = "fail" if response.is_anomalous else "pass"
+    INSPECTIONS.labels(response.object, response.model_version, decision).inc()
+    INSPECT_LATENCY.labels(response.model_version).observe(finished - started)
+    state.decisions.record(
+        DecisionRecord(
+            request_id=request_id,
+            time=utc_now_iso(),
+            object=response.object,
+            object_source=response.object_source,
+            model_version=response.model_version,
+            score=response.score,
+            raw_score=response.raw_score,
+            threshold=response.threshold,
+            decision=decision,
+            latency_ms=round(1000 * (finished - started), 3),
+        ),
+        decoded.files if response.is_anomalous else None,
+    )
+    return response

@@ -1,0 +1,138 @@
+"""The model versions on disk (`models_dir/<version>/manifest.json`) and the active one."""
+
+from __future__ import annotations
+
+from pathlib import Path as FilePath
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path
+
+from model.checkpoint import MANIFEST_FILE, Manifest, read_manifest
+from model.errors import CheckpointError, NotFoundError
+from service.auth import require_inspect, require_operator
+from service.errors import NothingEnrolledError, ServiceUnavailableError
+from service.lineage import redis_or_503, require_lineage
+from service.schemas import VERSION_PATTERN, ModelInfo, ModelList
+from service.state import AppState, find_active_version, get_state
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+VersionName = Annotated[str, Path(pattern=VERSION_PATTERN, description="A model version id.")]
+
+
+def _training_summary(manifest: Manifest) -> dict[str, Any]:
+    return {key: value for key, value in manifest.training.items() if key != "curve"}  # the curve is long
+
+
+def model_info(manifest: Manifest, active: str | None, serving: str | None) -> ModelInfo:
+    return ModelInfo(
+        version=manifest.version,
+        parent=manifest.parent,
+        created=manifest.created,
+        objects=[record.name for record in manifest.objects],
+        metrics=dict(manifest.metrics),
+        training=_training_summary(manifest),
+        active=manifest.version == active,
+        serving=manifest.version == serving,
+    )
+
+
+def _active_name(state: AppState) -> str | None:
+    try:
+        active = find_active_version(state.settings, state.registry)
+    except (CheckpointError, ServiceUnavailableError):
+        return None
+    return active.name if active is not None else None
+
+
+def _version_dirs(models_dir: FilePath) -> list[FilePath]:
+    if not models_dir.is_dir():
+        return []
+    return sorted(
+        path
+        for path in models_dir.iterdir()
+        if path.is_dir() and not path.name.startswith(".") and (path / MANIFEST_FILE).exists()
+    )
+
+
+@router.get("", response_model=ModelList, summary="List the model versions")
+def list_models(
+    state: Annotated[AppState, Depends(get_state)], _role: Annotated[str, Depends(require_inspect)]
+) -> ModelList:
+    active, serving = _active_name(state), state.runtime.version
+    models, unreadable = [], []
+    for directory in _version_dirs(state.settings.models_dir):
+        try:
+            models.append(model_info(read_manifest(directory), active, serving))
+        except CheckpointError as error:
+            unreadable.append({"directory": directory.name, "error": str(error)})
+    models.sort(key=lambda info: (info.created, info.version))
+    return ModelList(active=active, serving=serving, models=models, unreadable=unreadable)
+
+
+@router.get(
+    "/active",
+    response_model=ModelInfo,
+    summary="The active model version",
+    responses={409: {"description": "Nothing enrolled yet."}},
+)
+def active_model(
+    state: Annotated[AppState, Depends(get_state)], _role: Annotated[str, Depends(require_inspect)]
+) -> ModelInfo:
+    """The version the active pointer names (whether this gateway serves it yet is in `serving`)."""
+    active = find_active_version(state.settings, state.registry)
+    if active is None:
+        raise NothingEnrolledError()
+    if not active.is_dir():
+        raise NotFoundError(
+            f"the active pointer names {active.name!r}, which is not in {state.settings.models_dir}"
+        )
+    return model_info(read_manifest(active), active.name, state.runtime.version)
+
+
+@router.get(
+    "/{version}",
+    response_model=ModelInfo,
+    summary="One model version",
+    responses={404: {"description": "Unknown version."}},
+)
+def get_model(
+    version: VersionName,
+    state: Annotated[AppState, Depends(get_state)],
+    _role: Annotated[str, Depends(require_inspect)],
+) -> ModelInfo:
+    directory = state.settings.models_dir / version
+    if not (directory / MANIFEST_FILE).is_file():
+        raise NotFoundError(f"unknown model version {version!r}; GET /models lists them")
+    return model_info(read_manifest(directory), _active_name(state), state.runtime.version)
+
+
+@router.post(
+    "/{version}/activate",
+    summary="Activate a version: roll back, or accept a needs_review candidate",
+    responses={
+        404: {"description": "Unknown version."},
+        409: {"description": "expected_sequence is stale (another activation happened)."},
+        422: {"description": "The version's files are corrupt (sha256 mismatch)."},
+        503: {"description": "Redis is unreachable."},
+    },
+)
+def activate_model(
+    version: VersionName,
+    state: Annotated[AppState, Depends(get_state)],
+    _role: Annotated[str, Depends(require_operator)],
+    expected_sequence: int | None = None,
+) -> dict[str, Any]:
+    """Points every gateway at `version`; each loads and warms it, then swaps (see `serving` in /readyz)."""
+    registry, _ = require_lineage(state)
+    registry.verify(version)  # never point the fleet at files that cannot load
+    with redis_or_503("activate a model version"):
+        active = registry.activate(
+            version, expected_sequence, reason="operator: POST /models/{version}/activate"
+        )
+    return {
+        "active": active.to_dict(),
+        "serving": state.runtime.version,
+        "message": f"version {version} is active (sequence {active.sequence}); gateways swap to it within "
+        "about a second",
+    }

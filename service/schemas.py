@@ -1,0 +1,143 @@
+"""Request and response bodies of the gateway (they are also its OpenAPI documentation)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+OBJECT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+MaskFormat = Literal["none", "png", "rle"]
+
+SCORE_DESCRIPTION = (
+    "The decision score: `0.5 + (raw_score - threshold) / (2 * spread)`, where `spread` is the object's "
+    "calibration `score_max - score_median` on held-out normal parts (at least 1e-6). It is linear and "
+    "unbounded (never clipped, so rankings of parts survive), equals 0.5 exactly at the threshold, and "
+    "is above 0.5 exactly when the part is anomalous. With the calibrated threshold (the highest normal "
+    "holdout score on small holdouts), a median normal part scores about 0 and a part as far above the "
+    "threshold as the threshold is above the median scores 1. Negative raw scores are fine."
+)
+
+
+class Timings(BaseModel):
+    decode: float = Field(description="Reading, decoding and preprocessing the uploads (ms).")
+    queue: float = Field(description="Waiting for the inference thread to start this part's batch (ms).")
+    infer: float = Field(description="The batch's model call (ms; shared with the batch's other parts).")
+    post: float = Field(description="Score mapping, mask and map encoding (ms).")
+
+
+class AnomalyMap(BaseModel):
+    png: str = Field(description="Base64 16-bit greyscale PNG at the input resolution.")
+    min: float = Field(description="Score of pixel value 0.")
+    max: float = Field(
+        description="Score of pixel value 65535; a value v stands for min + v/65535*(max-min)."
+    )
+
+
+class RleMask(BaseModel):
+    size: list[int] = Field(description="[height, width]")
+    counts: list[int] = Field(
+        description="Lengths of alternating runs in row-major order, starting with a run of 0s (0 long when "
+        "the first pixel is a defect); they sum to height * width."
+    )
+
+
+class InspectResponse(BaseModel):
+    request_id: str
+    object: str = Field(description="The object the part was scored as.")
+    object_source: Literal["given", "predicted"]
+    object_confidence: float = Field(description="The label classifier's probability for `object`.")
+    is_anomalous: bool = Field(description="raw_score > threshold (equivalently score > 0.5).")
+    score: float = Field(description=SCORE_DESCRIPTION)
+    raw_score: float = Field(description="Maximum of the pooled, normalised anomaly map (z-score-like).")
+    threshold: float = Field(description="The raw-score threshold applied to this request.")
+    threshold_source: Literal["request", "operator", "calibrated"] = Field(
+        description="request: the `threshold` field; operator: PATCH /objects/{name}; calibrated: the model's."
+    )
+    defect_area_fraction: float = Field(description="Fraction of the mask's pixels marked as defect.")
+    mask_format: MaskFormat
+    mask: str | RleMask | None = Field(
+        description="Pixels whose anomaly-map value exceeds the threshold, at the input resolution, for an "
+        "anomalous part (all clear for a passing part): a base64 1-bit PNG (white = defect) for "
+        "mask=png, an RleMask for mask=rle, null for mask=none."
+    )
+    anomaly_map: AnomalyMap | None = Field(None, description="Only with return_map=true.")
+    modalities: list[str] = Field(description="The inputs the score used (rgb, depth).")
+    model_version: str = Field(description="The model version that computed this answer.")
+    timings_ms: Timings
+    warnings: list[str] = Field(default_factory=list)
+
+
+class ObjectInfo(BaseModel):
+    name: str
+    label: int
+    modalities: list[str]
+    threshold: float | None = Field(
+        description="The threshold in force: the operator override, else calibrated."
+    )
+    threshold_source: Literal["operator", "calibrated"]
+    calibrated_threshold: float | None
+    threshold_override: float | None
+    target_false_reject_rate: float
+    enrolled_in: str = Field(description="The model version in which the object was enrolled.")
+    train_samples: int
+    holdout_samples: int
+    calibration: dict[str, Any]
+    model_version: str = Field(description="The serving model version these values come from.")
+
+
+class ObjectList(BaseModel):
+    model_version: str | None
+    objects: list[ObjectInfo]
+
+
+class ThresholdUpdate(BaseModel):
+    threshold: float | None = Field(
+        description="The raw-score threshold for this object in every model version until changed; "
+        "null removes the override (the calibrated threshold applies again).",
+        allow_inf_nan=False,
+    )
+
+
+class ModelInfo(BaseModel):
+    version: str
+    parent: str | None
+    created: str
+    objects: list[str]
+    metrics: dict[str, Any]
+    training: dict[str, Any] = Field(description="Kind (base | incremental), new objects, timings, options.")
+    active: bool = Field(description="The version the active pointer names.")
+    serving: bool = Field(description="The version this gateway serves right now.")
+
+
+class ModelList(BaseModel):
+    active: str | None
+    serving: str | None
+    models: list[ModelInfo]
+    unreadable: list[dict[str, str]] = Field(
+        default_factory=list, description="Version directories whose manifest cannot be read, with why."
+    )
+
+
+class LoadErrorInfo(BaseModel):
+    version_dir: str
+    message: str
+    at: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    state: Literal["empty", "loading", "ready", "failed", "draining"]
+    model_version: str | None
+    active_version: str | None
+    device: str
+    last_load_error: LoadErrorInfo | None
+    queue_depth: int
+    max_queue: int
+    auth_enabled: bool
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"

@@ -1,0 +1,84 @@
+"""The gateway's state, in one object (`AppState`), created by the app's lifespan.
+
+Routes get it with the dependency `get_state`; code outside a request (the serve command's signal
+handling, a Redis event follower) reaches it as `app.state.iumad`.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from redis.exceptions import RedisError
+
+from iumad.settings import Settings
+from model.errors import CheckpointError
+from service.decision_log import DecisionLog
+from service.errors import NotReadyError, ServiceUnavailableError
+from service.runtime import ModelRuntime
+from service.thresholds import ThresholdStore
+from workers.job_store import JobStore
+from workers.registry import ModelRegistry
+
+ACTIVE_FILE = "ACTIVE"
+VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    runtime: ModelRuntime
+    thresholds: ThresholdStore
+    decisions: DecisionLog
+    decode_pool: ThreadPoolExecutor
+    redis: Any | None = None  # a redis.Redis client (queue, registry, events); None = no enrolment
+    registry: ModelRegistry | None = None  # the active pointer and versions (Redis + models_dir)
+    jobs: JobStore | None = None  # enrolment job records
+    background: list[Any] = field(default_factory=list)  # follower and pollers, stopped at shutdown
+
+    @property
+    def ready(self) -> bool:
+        """Serving (a warmed model), or nothing enrolled yet; not while loading, failed or draining."""
+        return self.runtime.state.value in ("ready", "empty")
+
+
+def get_state(request: Request) -> AppState:
+    state = getattr(request.app.state, "iumad", None)
+    if state is None:
+        raise NotReadyError("the gateway is starting", retry_after_s=1)
+    return state
+
+
+def find_active_version(settings: Settings, registry: ModelRegistry | None = None) -> Path | None:
+    """The model version to serve at start-up, or None when nothing is enrolled yet.
+
+    Raises `CheckpointError` when the pointer is unusable (the app records it as a failed load), and
+    `ServiceUnavailableError` when the registry's Redis cannot be reached.
+
+    With a registry (every gateway started by `iumad serve`) the pointer is the Redis registry's
+    active version; without one, the file `models_dir/ACTIVE` holding a version directory's name.
+    """
+    if registry is not None:
+        try:
+            active = registry.active()
+        except RedisError as error:
+            raise ServiceUnavailableError(f"Redis is unreachable ({type(error).__name__})", 5) from error
+        if active is None:
+            return None
+        if not VERSION_NAME.match(active.version):
+            raise CheckpointError(f"the registry names {active.version[:200]!r}, which is not a version name")
+        return settings.models_dir / active.version
+    pointer = settings.models_dir / ACTIVE_FILE
+    try:
+        name = pointer.read_text().strip()
+    except FileNotFoundError:
+        return None
+    if not name:
+        return None
+    if not VERSION_NAME.match(name):
+        raise CheckpointError(f"{pointer} holds {name[:200]!r}, which is not a version directory name")
+    return settings.models_dir / name
