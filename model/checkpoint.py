@@ -58,6 +58,7 @@ class Manifest:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str = ""
+    files_sha256: dict[str, str] = field(default_factory=dict)  # extra files, e.g. model.onnx
     format_version: int = FORMAT_VERSION
 
     def object(self, name: str) -> ObjectRecord:
@@ -114,9 +115,10 @@ def save_version(
         state = {key: value.detach().contiguous().cpu() for key, value in net.state_dict().items()}
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
         manifest.weights_sha256 = sha256_of(staging / WEIGHTS_FILE)
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2))
         for name, source in (extra_files or {}).items():
             shutil.copyfile(source, staging / name)
+            manifest.files_sha256[name] = sha256_of(staging / name)
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2))
         for child in staging.iterdir():
             _fsync(child)
         _fsync(staging)
@@ -146,6 +148,17 @@ def read_manifest(directory: Path) -> Manifest:
         return Manifest.from_dict(data)
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path} is malformed: {error}") from error
+
+
+def verify_file(directory: Path, manifest: Manifest, name: str) -> Path:
+    """An extra file of a version (e.g. model.onnx), checked against the manifest's sha256."""
+    path = Path(directory) / name
+    expected = manifest.files_sha256.get(name)
+    if expected is None or not path.is_file():
+        raise CheckpointError(f"model version {manifest.version} has no {name}")
+    if sha256_of(path) != expected:
+        raise CheckpointError(f"{path} is corrupt: its sha256 does not match the manifest")
+    return path
 
 
 def build_net(manifest: Manifest) -> IUMADNet:

@@ -36,6 +36,7 @@ import torch
 
 from iumad.settings import Settings
 from model.errors import CheckpointError, IumadError
+from model.export import load_serving_model
 from model.inference import InspectionInput, InspectionModel, Prediction, PreparedBatch, prepare_inputs
 from service.errors import NotReadyError, QueueFullError
 from service.metrics import (
@@ -122,6 +123,7 @@ class ModelRuntime:
         max_queue: int = 64,
         backbone_weights: Path | None = None,
         retry_after_s: int = 1,
+        backend: str = "torch",
     ) -> None:
         if max_batch_size < 1 or max_queue < 1:
             raise ValueError("max_batch_size and max_queue must be at least 1")
@@ -131,6 +133,7 @@ class ModelRuntime:
         self.max_queue = max_queue
         self.backbone_weights = backbone_weights
         self.retry_after_s = retry_after_s
+        self.backend = backend
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._model: InspectionModel | None = None
         self._model_lock = threading.Lock()  # guards the reference only, never held during a model call
@@ -154,6 +157,7 @@ class ModelRuntime:
             max_queue=settings.max_queue,
             backbone_weights=settings.backbone_weights,
             retry_after_s=settings.retry_after_s,
+            backend=settings.inference_backend,
         )
 
     # --- lifecycle -----------------------------------------------------------------------------------
@@ -251,8 +255,11 @@ class ModelRuntime:
     def load(self, version_dir: Path) -> InspectionModel:
         """Load and warm a version without serving it (raises on any failure)."""
         started = time.perf_counter()
-        model = InspectionModel.load(
-            Path(version_dir), device=self.device, backbone_weights=self.backbone_weights
+        model = load_serving_model(
+            Path(version_dir),
+            backend=self.backend,
+            device=self.device,
+            backbone_weights=self.backbone_weights,
         )
         warm_up(model)
         log.info("loaded and warmed model version %s in %.2f s", model.version, time.perf_counter() - started)

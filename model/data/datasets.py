@@ -14,7 +14,7 @@ Split = Literal["train", "validation", "test"]
 
 
 def detect_layout(root: Path | str) -> Layout:
-    """"mvtec3d" (also what `iumad synth` writes) or "eyecandies", from the folder structure."""
+    """ "mvtec3d" (also what `iumad synth` writes) or "eyecandies", from the folder structure."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"dataset root {root} is not a directory")
@@ -22,8 +22,10 @@ def detect_layout(root: Path | str) -> Layout:
         return "mvtec3d"
     if eyecandies.is_layout(root):
         return "eyecandies"
-    raise InputError(f"{root} is neither an MVTec 3D-AD layout (<root>/<object>/train/good/rgb) nor an "
-                     f"Eyecandies layout (<root>/<Category>/train/data)")
+    raise InputError(
+        f"{root} is neither an MVTec 3D-AD layout (<root>/<object>/train/good/rgb) nor an "
+        f"Eyecandies layout (<root>/<Category>/train/data)"
+    )
 
 
 def list_objects(root: Path | str) -> list[str]:
@@ -33,9 +35,14 @@ def list_objects(root: Path | str) -> list[str]:
     return reader.list_objects(root)
 
 
-def list_samples(root: Path | str, object: str, split: Split, skip_bad: bool = False,
-                 problems: list[str] | None = None, eyecandies_image: int = eyecandies.DEFAULT_IMAGE,
-                 ) -> list[Sample]:
+def list_samples(
+    root: Path | str,
+    object: str,
+    split: Split,
+    skip_bad: bool = False,
+    problems: list[str] | None = None,
+    eyecandies_image: int = eyecandies.DEFAULT_IMAGE,
+) -> list[Sample]:
     """Items of one object and split.
 
     Bad items (an RGB file without depth, an anomalous test image without mask, an unreadable
@@ -53,7 +60,9 @@ def list_samples(root: Path | str, object: str, split: Split, skip_bad: bool = F
     if object not in known:
         raise InputError(f"unknown object {object!r} in {root}; known objects: {', '.join(known)}")
     if layout == "eyecandies":
-        samples = eyecandies.list_samples(root, object, split, skip_bad, problems, image_index=eyecandies_image)
+        samples = eyecandies.list_samples(
+            root, object, split, skip_bad, problems, image_index=eyecandies_image
+        )
     else:
         samples = mvtec3d.list_samples(root, object, split, skip_bad, problems)
     if not samples:

@@ -59,8 +59,14 @@ def read_depth_range(path: Path) -> tuple[float, float]:
     return low, high
 
 
-def list_samples(root: Path, object_name: str, split: str, skip_bad: bool = False,
-                 problems: list[str] | None = None, image_index: int = DEFAULT_IMAGE) -> list[Sample]:
+def list_samples(
+    root: Path,
+    object_name: str,
+    split: str,
+    skip_bad: bool = False,
+    problems: list[str] | None = None,
+    image_index: int = DEFAULT_IMAGE,
+) -> list[Sample]:
     """Items of one category and split, sorted by id; test items are labelled by reading their masks."""
     data = root / object_name / SPLIT_FOLDERS[split] / "data"
     if not data.is_dir():
@@ -89,6 +95,15 @@ def list_samples(root: Path, object_name: str, split: str, skip_bad: bool = Fals
         except InputError as error:
             report_problem(str(error), skip_bad, problems)
             continue
-        samples.append(Sample(object=object_name, split=split, defect=defect, rgb_path=rgb_path,
-                              depth_path=depth_path, gt_path=gt_path, depth_range=depth_range))
+        samples.append(
+            Sample(
+                object=object_name,
+                split=split,
+                defect=defect,
+                rgb_path=rgb_path,
+                depth_path=depth_path,
+                gt_path=gt_path,
+                depth_range=depth_range,
+            )
+        )
     return samples

@@ -1,7 +1,7 @@
 """MVTec 3D-AD layout reader (also the layout `iumad synth` writes).
 
-    <root>/<object>/{train,validation}/good/{rgb/NNN.png, xyz/NNN.tiff}
-    <root>/<object>/test/<defect or good>/{rgb/NNN.png, xyz/NNN.tiff, gt/NNN.png}
+<root>/<object>/{train,validation}/good/{rgb/NNN.png, xyz/NNN.tiff}
+<root>/<object>/test/<defect or good>/{rgb/NNN.png, xyz/NNN.tiff, gt/NNN.png}
 """
 
 from __future__ import annotations
@@ -31,16 +31,20 @@ def files_by_stem(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
     """stem -> file for visible files with a known suffix; with two candidates, the earlier suffix wins."""
     if not folder.is_dir():
         return {}
-    candidates = [p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes]
+    candidates = [
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes
+    ]
     found: dict[str, Path] = {}
     for path in sorted(candidates, key=lambda p: (p.stem, suffixes.index(p.suffix.lower()))):
         found.setdefault(path.stem, path)
     return found
 
 
-def list_defect_samples(object_dir: Path, split: str, defect: str, skip_bad: bool,
-                        problems: list[str] | None) -> list[Sample]:
+def list_defect_samples(
+    object_dir: Path, split: str, defect: str, skip_bad: bool, problems: list[str] | None
+) -> list[Sample]:
     base = object_dir / split / defect
     depths = files_by_stem(base / "xyz", DEPTH_SUFFIXES)
     masks = files_by_stem(base / "gt", MASK_SUFFIXES)
@@ -52,16 +56,26 @@ def list_defect_samples(object_dir: Path, split: str, defect: str, skip_bad: boo
             continue
         gt_path = masks.get(stem) if split == "test" else None
         if split == "test" and defect != GOOD and gt_path is None:
-            report_problem(f"{rgb_path}: anomalous test image without a mask in {base / 'gt'}", skip_bad,
-                           problems)
+            report_problem(
+                f"{rgb_path}: anomalous test image without a mask in {base / 'gt'}", skip_bad, problems
+            )
             continue
-        samples.append(Sample(object=object_dir.name, split=split, defect=defect, rgb_path=rgb_path,
-                              depth_path=depth_path, gt_path=gt_path))
+        samples.append(
+            Sample(
+                object=object_dir.name,
+                split=split,
+                defect=defect,
+                rgb_path=rgb_path,
+                depth_path=depth_path,
+                gt_path=gt_path,
+            )
+        )
     return samples
 
 
-def list_samples(root: Path, object_name: str, split: str, skip_bad: bool = False,
-                 problems: list[str] | None = None) -> list[Sample]:
+def list_samples(
+    root: Path, object_name: str, split: str, skip_bad: bool = False, problems: list[str] | None = None
+) -> list[Sample]:
     """Items of one object and split ("train", "validation", "test"), sorted by defect then file stem."""
     object_dir = root / object_name
     if split == "test":

@@ -75,7 +75,9 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """
     if mask.shape == (size, size):
         return mask.astype(bool)
-    area = F.interpolate(torch.from_numpy(mask.astype(np.float32))[None, None], size=(size, size), mode="area")
+    area = F.interpolate(
+        torch.from_numpy(mask.astype(np.float32))[None, None], size=(size, size), mode="area"
+    )
     return area[0, 0].numpy() >= 0.5
 
 
@@ -93,8 +95,10 @@ def load_sample(sample: Sample, size: int | None = None) -> LoadedSample:
     if sample.gt_path is not None:
         gt = read_mask(sample.gt_path)
         if gt.shape != rgb.shape[:2]:
-            raise InputError(f"{sample.gt_path}: mask is {gt.shape[1]}x{gt.shape[0]} but the image "
-                             f"is {rgb.shape[1]}x{rgb.shape[0]}")
+            raise InputError(
+                f"{sample.gt_path}: mask is {gt.shape[1]}x{gt.shape[0]} but the image "
+                f"is {rgb.shape[1]}x{rgb.shape[0]}"
+            )
     elif sample.split == "test":
         if sample.is_anomalous:
             raise InputError(f"{sample.rgb_path}: anomalous test item without a ground-truth mask")
@@ -115,8 +119,12 @@ def report_problem(message: str, skip_bad: bool, problems: list[str] | None) -> 
         problems.append(message)
 
 
-def load_samples(samples: Iterable[Sample], size: int | None = None, skip_bad: bool = False,
-                 problems: list[str] | None = None) -> list[LoadedSample]:
+def load_samples(
+    samples: Iterable[Sample],
+    size: int | None = None,
+    skip_bad: bool = False,
+    problems: list[str] | None = None,
+) -> list[LoadedSample]:
     """Load many items; with skip_bad, unreadable or inconsistent ones are dropped and reported."""
     loaded = []
     for sample in samples:

@@ -22,20 +22,25 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import tifffile
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from model.errors import InputError
 
 DEFECTS = ("contamination", "dent", "bump", "crack", "hole", "cut")
-DEFECT_MODALITY = {"contamination": "rgb", "dent": "depth", "bump": "depth", "crack": "both", "hole": "both",
-                   "cut": "both"}
+DEFECT_MODALITY = {
+    "contamination": "rgb",
+    "dent": "depth",
+    "bump": "depth",
+    "crack": "both",
+    "hole": "both",
+    "cut": "both",
+}
 TABLE_Z = 0.45  # metres from the camera
 FIELD_OF_VIEW = 0.26  # metres of table across the image at TABLE_Z
 OBJECT_SCALE = 1.15  # enlarges every shape (their sizes below are in units of the image width)
@@ -76,18 +81,34 @@ class SyntheticImage:
 
 def image_rng(seed: int, object_name: str, split: str, index: int, stream: str) -> np.random.Generator:
     """A generator that depends only on its arguments (crc32 is stable across runs, unlike hash())."""
-    key = [seed, zlib.crc32(object_name.encode()), zlib.crc32(split.encode()), index,
-           zlib.crc32(stream.encode())]
+    key = [
+        seed,
+        zlib.crc32(object_name.encode()),
+        zlib.crc32(split.encode()),
+        index,
+        zlib.crc32(stream.encode()),
+    ]
     return np.random.default_rng(np.random.SeedSequence(key))
 
 
+@lru_cache(maxsize=64)
+def _spline_matrix(size: int, cells: int) -> np.ndarray:
+    """(size, cells + 3) cubic B-spline weights: row i blends the 4 control points around pixel i."""
+    position = np.linspace(0.0, cells, size) + 1.0
+    first = np.minimum(np.floor(position).astype(int), cells)
+    f = position - first
+    weights = np.stack([(1 - f) ** 3, 3 * f**3 - 6 * f**2 + 4, -3 * f**3 + 3 * f**2 + 3 * f + 1, f**3], 1) / 6
+    matrix = np.zeros((size, cells + 3))
+    for offset in range(4):
+        matrix[np.arange(size), first - 1 + offset] = weights[:, offset]
+    return matrix.astype(np.float32)
+
+
 def smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    """Band-limited noise, about unit std: a `cells` x `cells` random grid, bicubically upsampled."""
-    low = torch.from_numpy(rng.standard_normal((1, 1, cells + 3, cells + 3)).astype(np.float32))
-    up = F.interpolate(low, size=(size + 2 * size // cells, size + 2 * size // cells), mode="bicubic",
-                       align_corners=True)
-    margin = size // cells
-    field = up[0, 0, margin:margin + size, margin:margin + size].numpy()
+    """Band-limited noise with unit std: a random `cells` x `cells` grid through a cubic B-spline."""
+    control = rng.standard_normal((cells + 3, cells + 3)).astype(np.float32)
+    matrix = _spline_matrix(size, cells)
+    field = matrix @ control @ matrix.T
     return (field - field.mean()) / (field.std() + 1e-6)
 
 
@@ -117,7 +138,7 @@ def _tile(p, q, shape):
     half = 0.25 * shape[0]
     spacing = 2 * half / 4
     grid = np.minimum(np.abs((p + half) % spacing - spacing / 2), np.abs((q + half) % spacing - spacing / 2))
-    grooves = np.exp(-((spacing / 2 - grid) / 0.006) ** 2)
+    grooves = np.exp(-(((spacing / 2 - grid) / 0.006) ** 2))
     return np.minimum(half - np.abs(p), half - np.abs(q)), 1.0 - 0.25 * grooves
 
 
@@ -163,9 +184,18 @@ def _pyramid(p, q, shape):
     return inside, np.clip(inside / half, 0.0, 1.0)
 
 
-SHAPES: dict[str, Callable] = {"disc": _disc, "ring": _ring, "tile": _tile, "cylinder": _cylinder,
-                               "dome": _dome, "gear": _gear, "bar": _bar, "wave": _wave, "plate": _plate,
-                               "pyramid": _pyramid}
+SHAPES: dict[str, Callable] = {
+    "disc": _disc,
+    "ring": _ring,
+    "tile": _tile,
+    "cylinder": _cylinder,
+    "dome": _dome,
+    "gear": _gear,
+    "bar": _bar,
+    "wave": _wave,
+    "plate": _plate,
+    "pyramid": _pyramid,
+}
 
 
 def object_names(count: int) -> list[str]:
@@ -272,10 +302,10 @@ def _crack_path(size: int, start: tuple[int, int], length: float, width: float, 
 
 def apply_defect(scene: Scene, kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
     """Change `scene` in place; returns the ground-truth mask (the pixels the defect changed)."""
-    scale = size / 224.0
+    scale = size / 224.0  # defect sizes are given in pixels at 224, with a floor for tiny images
     on_object = scene.coverage > 0.5
     if kind in ("dent", "bump"):
-        radius = rng.uniform(6.0, 11.0) * scale
+        radius = max(3.0, rng.uniform(6.0, 11.0) * scale)
         centre = _pick_point(_interior(scene, radius * 0.6), rng)
         profile = np.clip(1.0 - (_radius_field(size, centre) / radius) ** 2, 0.0, 1.0) ** 2
         amplitude = rng.uniform(0.0012, 0.0022) * (1 if kind == "bump" else -1)
@@ -284,34 +314,35 @@ def apply_defect(scene: Scene, kind: str, rng: np.random.Generator, size: int) -
         scene.hidden_relief += 0.85 * relief  # a shallow, smooth deformation: the camera barely sees it
         return (profile >= 0.1) & on_object
     if kind == "contamination":
-        radius = rng.uniform(4.0, 9.0) * scale
+        radius = max(2.5, rng.uniform(4.0, 9.0) * scale)
         centre = _pick_point(_interior(scene, radius), rng)
         wobble = smooth_noise(rng, size, max(8, size // 6))
         blob = (_radius_field(size, centre) / radius + 0.25 * wobble) < 1.0
         blob &= _radius_field(size, centre) < 2 * radius
         mask = blob & on_object
-        stains = np.array([[0.25, 0.17, 0.10], [0.92, 0.90, 0.86], [0.62, 0.30, 0.12], [0.20, 0.25, 0.55]],
-                          np.float32)
+        stains = np.array(
+            [[0.25, 0.17, 0.10], [0.92, 0.90, 0.86], [0.62, 0.30, 0.12], [0.20, 0.25, 0.55]], np.float32
+        )
         stain = stains[rng.integers(len(stains))]
         alpha = rng.uniform(0.35, 0.6)
         scene.albedo[mask] = (1 - alpha) * scene.albedo[mask] + alpha * stain
         return mask
     if kind == "crack":
-        length = rng.uniform(12.0, 22.0) * scale
+        length = max(8.0, rng.uniform(12.0, 22.0) * scale)
         start = _pick_point(_interior(scene, length / 2), rng)
         mask = _crack_path(size, start, length, max(1.0, 1.5 * scale), rng) & on_object
         scene.height[mask] -= rng.uniform(0.0008, 0.0016)
         scene.albedo[mask] *= rng.uniform(0.45, 0.65)
         return mask
     if kind == "hole":
-        radius = rng.uniform(2.5, 4.5) * scale
+        radius = max(1.5, rng.uniform(2.5, 4.5) * scale)
         centre = _pick_point(_interior(scene, radius + 2), rng)
         mask = (_radius_field(size, centre) <= radius) & on_object
         scene.height[mask] = 0.0  # through the part: the camera sees the table at the bottom
         scene.albedo[mask] = scene.table_albedo[mask] * 0.35  # in the shadow of the walls
         return mask
     if kind == "cut":
-        radius = rng.uniform(5.0, 9.0) * scale
+        radius = max(3.0, rng.uniform(5.0, 9.0) * scale)
         edge = (scene.coverage > 0.3) & (scene.coverage < 0.7)
         centre = _pick_point(edge, rng)
         notch = np.clip(_radius_field(size, centre) - radius + 0.5, 0.0, 1.0)  # antialiased disc
@@ -333,13 +364,15 @@ def _gradient(field: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _shifted(field: np.ndarray, dv: int, du: int) -> np.ndarray:
     out = np.zeros_like(field)
     h, w = field.shape
-    out[max(dv, 0):h + min(dv, 0), max(du, 0):w + min(du, 0)] = \
-        field[max(-dv, 0):h + min(-dv, 0), max(-du, 0):w + min(-du, 0)]
+    out[max(dv, 0) : h + min(dv, 0), max(du, 0) : w + min(du, 0)] = field[
+        max(-dv, 0) : h + min(-dv, 0), max(-du, 0) : w + min(-du, 0)
+    ]
     return out
 
 
-def render_image(object_name: str, size: int, seed: int, split: str, index: int,
-                 defect: str | None = None) -> SyntheticImage:
+def render_image(
+    object_name: str, size: int, seed: int, split: str, index: int, defect: str | None = None
+) -> SyntheticImage:
     """One RGB + xyz capture of `object_name`; with `defect`, the same capture with that defect."""
     kind, variant = _base_type(object_name)
     style = OBJECTS[kind]
@@ -365,10 +398,13 @@ def render_image(object_name: str, size: int, seed: int, split: str, index: int,
     height = (height_scale * rounding * top * coverage).astype(np.float32)
     height += (0.00015 * smooth_noise(rng, size, 10) * coverage).astype(np.float32)  # surface waviness
 
-    scene = Scene(height=height, coverage=coverage,
-                  albedo=_surface_albedo(kind, style, p, q, rng, size, variant).astype(np.float32),
-                  table_albedo=_table_albedo(style, rng, size).astype(np.float32),
-                  hidden_relief=np.zeros((size, size), np.float32))
+    scene = Scene(
+        height=height,
+        coverage=coverage,
+        albedo=_surface_albedo(kind, style, p, q, rng, size, variant).astype(np.float32),
+        table_albedo=_table_albedo(style, rng, size).astype(np.float32),
+        hidden_relief=np.zeros((size, size), np.float32),
+    )
 
     # Capture conditions, drawn before the defect so a defective image is its normal twin + defect.
     light = np.array([rng.normal(-0.25, 0.15), rng.normal(-0.35, 0.15), 1.0])
@@ -378,9 +414,11 @@ def render_image(object_name: str, size: int, seed: int, split: str, index: int,
     table_z = TABLE_Z + rng.normal(0.0, 0.004)
     tilt = rng.normal(0.0, 0.003, 2)
     rgb_noise = rng.normal(0.0, 0.012, (size, size, 3)).astype(np.float32)
-    depth_noise = rng.normal(0.0, 0.00012, (size, size)).astype(np.float32) \
-        + 0.00015 * smooth_noise(rng, size, 6)
+    depth_noise = rng.normal(0.0, 0.00012, (size, size)).astype(np.float32) + 0.00015 * smooth_noise(
+        rng, size, 6
+    )
     dropout_noise = smooth_noise(rng, size, max(6, size // 16))
+    speckle_noise = smooth_noise(rng, size, max(8, size // 6))
     background_dropout = rng.uniform(0.02, 0.3)
     edge_threshold, edge_keep = rng.uniform(0.8, 1.6), rng.uniform(0.6, 0.95)
     edge_pick = rng.random((size, size))
@@ -421,7 +459,7 @@ def render_image(object_name: str, size: int, seed: int, split: str, index: int,
     projector_shadow &= ~raised
     on_table = scene.coverage < 0.5
     table_blobs = on_table & (dropout_noise > np.quantile(dropout_noise, 1.0 - background_dropout))
-    dark = (albedo.mean(axis=-1) < 0.16) & (dropout_noise > 1.2)
+    dark = (albedo.mean(axis=-1) < 0.16) & (speckle_noise > 1.5)
     invalid = steep | projector_shadow | table_blobs | dark | (specular > 0.25)
 
     z = z + depth_noise
@@ -447,14 +485,23 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 def _write_image(folder: Path, stem: str, image: SyntheticImage, with_gt: bool) -> None:
     _write_png(folder / "rgb" / f"{stem}.png", image.rgb)
     (folder / "xyz").mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(folder / "xyz" / f"{stem}.tiff", image.xyz, photometric="minisblack", planarconfig="contig")
+    tifffile.imwrite(
+        folder / "xyz" / f"{stem}.tiff", image.xyz, photometric="minisblack", planarconfig="contig"
+    )
     if with_gt:
         _write_png(folder / "gt" / f"{stem}.png", image.gt.astype(np.uint8) * 255)
 
 
-def write_synthetic_dataset(out: Path, objects: int = 10, size: int = 224, n_train: int = 200,
-                            n_validation: int = 20, n_test: int = 40, seed: int = 0,
-                            progress: Callable[[int, int], None] | None = None) -> list[str]:
+def write_synthetic_dataset(
+    out: Path,
+    objects: int = 10,
+    size: int = 224,
+    n_train: int = 200,
+    n_validation: int = 20,
+    n_test: int = 40,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[str]:
     """Write the benchmark under `out` in the MVTec 3D-AD layout; returns the object names."""
     if size < 32:
         raise InputError(f"synthetic images need at least 32 px, got {size}")
@@ -509,8 +556,11 @@ def render_sample_grid(root: Path, out_png: Path, tile: int = 160) -> Path:
     columns = ["good", *DEFECTS]
     label_height, label_width, gap = 18, 70, 6
     cell_width = 3 * tile + gap
-    canvas = Image.new("RGB", (label_width + len(columns) * cell_width, label_height + len(objects) * (tile + gap)),
-                       (255, 255, 255))
+    canvas = Image.new(
+        "RGB",
+        (label_width + len(columns) * cell_width, label_height + len(objects) * (tile + gap)),
+        (255, 255, 255),
+    )
     draw = ImageDraw.Draw(canvas)
     for column, kind in enumerate(columns):
         draw.text((label_width + column * cell_width + 4, 3), f"{kind}: rgb | depth | gt", fill=(0, 0, 0))
@@ -519,7 +569,9 @@ def render_sample_grid(root: Path, out_png: Path, tile: int = 160) -> Path:
         draw.text((4, top + tile // 2), name, fill=(0, 0, 0))
         for column, kind in enumerate(columns):
             folder = root / name / "test" / kind
-            stems = sorted(p.stem for p in (folder / "rgb").glob("*.png")) if (folder / "rgb").is_dir() else []
+            stems = (
+                sorted(p.stem for p in (folder / "rgb").glob("*.png")) if (folder / "rgb").is_dir() else []
+            )
             if not stems:
                 continue
             rgb = np.asarray(Image.open(folder / "rgb" / f"{stems[0]}.png").convert("RGB"))

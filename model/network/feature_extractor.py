@@ -16,7 +16,10 @@ from model.backbone import FrozenBackbone
 
 
 class MultiScaleFeatures(nn.Module):
-    """(B, 3, H, W) images in [0, 1] -> (B, C, H/16, W/16): stages average-pooled to the grid, concatenated."""
+    """(B, 3, H, W) images in [0, 1] -> (B, C, H/16, W/16): stages average-pooled to one grid, concatenated.
+
+    H and W must be multiples of 16 (the configured image size always is).
+    """
 
     def __init__(self, backbone: FrozenBackbone, strides: Sequence[int] = (4, 8, 16)) -> None:
         super().__init__()
@@ -30,13 +33,12 @@ class MultiScaleFeatures(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         maps = self.backbone(images)
-        height, width = images.shape[-2] // 16, images.shape[-1] // 16
         aligned = []
         for index in self.indices:
+            # A fixed pooling factor (not adaptive pooling) keeps the graph static for ONNX export.
+            factor = 16 // self.backbone.strides[index]
             feature = maps[index]
-            if feature.shape[-2:] != (height, width):
-                feature = F.adaptive_avg_pool2d(feature, (height, width))
-            aligned.append(feature)
+            aligned.append(F.avg_pool2d(feature, factor) if factor > 1 else feature)
         return torch.cat(aligned, dim=1)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from model.network.attention import MultiHeadAttention
 from model.network.config import ModelConfig
 from model.network.mamba_decoder import LabelClassifier
 
@@ -21,14 +22,14 @@ class CrossAttentionFusion(nn.Module):
         super().__init__()
         self.norm_rgb = nn.LayerNorm(dim)
         self.norm_depth = nn.LayerNorm(dim)
-        self.rgb_from_depth = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
-        self.depth_from_rgb = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.rgb_from_depth = MultiHeadAttention(dim, num_heads, dropout)
+        self.depth_from_rgb = MultiHeadAttention(dim, num_heads, dropout)
         self.combine = nn.Linear(2 * dim, dim)
 
     def forward(self, rgb: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
         rgb_n, depth_n = self.norm_rgb(rgb), self.norm_depth(depth)
-        rgb_out = rgb + self.rgb_from_depth(rgb_n, depth_n, depth_n, need_weights=False)[0]
-        depth_out = depth + self.depth_from_rgb(depth_n, rgb_n, rgb_n, need_weights=False)[0]
+        rgb_out = rgb + self.rgb_from_depth(rgb_n, depth_n)
+        depth_out = depth + self.depth_from_rgb(depth_n, rgb_n)
         return self.combine(torch.cat([rgb_out, depth_out], dim=-1))
 
 

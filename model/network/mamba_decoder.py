@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.network.attention import MultiHeadAttention
 from model.network.selective_scan import selective_scan
 
 
@@ -141,13 +142,13 @@ class MambaDecoder(nn.Module):
         self.norm_in = nn.LayerNorm(dim)
         self.essm = ESSM(dim, state_size, expand)
         self.norm_mid = nn.LayerNorm(dim)
-        self.attention = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.attention = MultiHeadAttention(dim, num_heads, dropout)
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
         batch, height, width, dim = grid.shape
         local = _to_channels_last(self.dwconv(_to_channels_first(grid)))
         scanned = self.norm_mid(self.essm(self.norm_in(grid))).reshape(batch, height * width, dim)
-        attended, _ = self.attention(scanned, scanned, scanned, need_weights=False)
+        attended = self.attention(scanned)
         return attended.reshape(batch, height, width, dim) + local
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.network.attention import MultiHeadAttention
 from model.network.config import ModelConfig
 from model.network.mamba_decoder import LabelClassifier, MambaDecoder
 
@@ -34,12 +35,12 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.attention = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.attention = MultiHeadAttention(dim, num_heads, dropout)
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
         batch, height, width, dim = grid.shape
         tokens = self.norm(grid).reshape(batch, height * width, dim)
-        attended, _ = self.attention(tokens, tokens, tokens, need_weights=False)
+        attended = self.attention(tokens)
         return attended.reshape(batch, height, width, dim)
 
 

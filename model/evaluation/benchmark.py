@@ -1,0 +1,275 @@
+"""Run an incremental protocol end to end: learn step by step, evaluate every object seen so far.
+
+Pixel metrics are computed at network resolution (image_size x image_size): methods return maps
+there, and ground truth is brought there by `resize_mask` (area average, a cell is anomalous when at
+least half of it is). Results are written as `results.json` (numbers in percent) and `results.md`
+(the paper-style table).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from model.data.datasets import list_objects, list_samples
+from model.data.decode import read_mask
+from model.data.samples import Sample, load_samples, resize_mask
+from model.errors import InputError
+from model.evaluation.metrics import MetricError, aupro, forgetting_measure, image_auroc, pixel_auroc
+from model.evaluation.protocols import order_objects, protocol_steps
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("i_auroc", "p_auroc", "aupro")
+FM_METRICS = ("i_auroc", "aupro")
+
+
+class IncrementalMethod(Protocol):
+    """What `run_benchmark` needs from a method. `predict` receives the object name; a unified model
+    may use it only for bookkeeping."""
+
+    name: str
+
+    def learn(self, objects: list[str], train: dict[str, list[Sample]]) -> None: ...
+
+    def predict(self, object_name: str, samples: list[Sample]) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def _make_patchcore(image_size: int = 224, **options) -> IncrementalMethod:
+    from model.evaluation.patchcore import PatchCore
+
+    known = {
+        "coreset_ratio",
+        "max_coreset",
+        "projection_dim",
+        "blur_sigma",
+        "batch_size",
+        "remove_plane",
+        "seed",
+    }
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InputError(f"method patchcore does not take option(s) {', '.join(unknown)}")
+    return PatchCore(image_size=image_size, **options)
+
+
+# name -> factory(image_size=..., **method_options)
+METHODS: dict[str, Callable[..., IncrementalMethod]] = {"patchcore": _make_patchcore}
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+    else:
+        logger.info(message)
+
+
+def ground_truth(samples: list[Sample], size: int) -> np.ndarray:
+    """(N, size, size) bool masks at network resolution; good items without a mask are all normal."""
+    masks = [
+        resize_mask(read_mask(s.gt_path), size) if s.gt_path is not None else np.zeros((size, size), bool)
+        for s in samples
+    ]
+    return np.stack(masks)
+
+
+def score_object(
+    labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray, name: str
+) -> dict[str, float | None]:
+    """The three metrics as fractions; a metric that is undefined for this test set (e.g. no anomalous
+    image) is None and logged, never silently 0 or 100."""
+    if maps.shape != masks.shape:
+        raise InputError(f"{name}: method returned maps of shape {maps.shape}, expected {masks.shape}")
+    result: dict[str, float | None] = {}
+    for key, compute in (
+        ("i_auroc", lambda: image_auroc(labels, scores)),
+        ("p_auroc", lambda: pixel_auroc(masks, maps)),
+        ("aupro", lambda: aupro(masks, maps)),
+    ):
+        try:
+            result[key] = compute()
+        except MetricError as error:
+            logger.warning("%s: %s undefined: %s", name, key, error)
+            result[key] = None
+    return result
+
+
+def _checked(samples: list[Sample], skip_bad: bool, problems: list[str]) -> list[Sample]:
+    """With skip_bad, decode every item once so unreadable or mismatched ones are dropped up front."""
+    if not skip_bad:
+        return samples
+    return [item.sample for item in load_samples(samples, skip_bad=True, problems=problems)]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return round(float(np.mean(present)), 2) if present else None
+
+
+def percent(value: float | None) -> float | None:
+    return None if value is None else round(100.0 * value, 2)
+
+
+def forgetting(
+    evaluations: list[dict[str, dict]], learned_at: dict[str, int]
+) -> dict[str, float | None] | None:
+    """FM in percent per metric from the per-step evaluations (fractions); None with a single step."""
+    if len(evaluations) < 2:
+        return None
+    result: dict[str, float | None] = {}
+    for key in FM_METRICS:
+        matrix = [
+            {name: (m[key] if m[key] is not None else float("nan")) for name, m in evaluation.items()}
+            for evaluation in evaluations
+        ]
+        try:
+            result[key] = percent(forgetting_measure(matrix, learned_at))
+        except MetricError as error:
+            logger.warning("forgetting measure for %s undefined: %s", key, error)
+            result[key] = None
+    return result
+
+
+def step_means(step: dict) -> dict[str, float | None]:
+    return {key: _mean([m[key] for m in step["eval"].values()]) for key in METRICS}
+
+
+def results_markdown(results: dict, details: dict | None = None) -> str:
+    """Paper-style table: one row per step, per object I-AUROC / AUPRO, the mean, and the FM."""
+    objects = [name for step in results["steps"] for name in step["trained"]]
+    lines = [
+        f"# {results['method']} on protocol {results['protocol']}",
+        "",
+        "I-AUROC / AUPRO in percent after each step (blank: not learned yet).",
+        "",
+        "| Step | Trained | " + " | ".join(objects) + " | Mean |",
+        "|---|---|" + "---|" * len(objects) + "---|",
+    ]
+
+    def cell(metrics: dict | None) -> str:
+        if metrics is None:
+            return ""
+        return " / ".join("n/a" if metrics[k] is None else f"{metrics[k]:.1f}" for k in FM_METRICS)
+
+    for index, step in enumerate(results["steps"]):
+        row = [
+            str(index),
+            ", ".join(step["trained"]),
+            *(cell(step["eval"].get(name)) for name in objects),
+            cell(step_means(step)),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    final = step_means(results["steps"][-1])
+    lines += [
+        "",
+        f"Final mean: I-AUROC {final['i_auroc']}, P-AUROC {final['p_auroc']}, AUPRO {final['aupro']}.",
+    ]
+    fm = results["fm"]
+    lines.append(
+        "FM: n/a (single step)." if fm is None else f"FM: I-AUROC {fm['i_auroc']}, AUPRO {fm['aupro']}."
+    )
+    if details:
+        lines.append(
+            f"Image size {details['image_size']}; total {details['seconds']} s "
+            f"(per step learn/eval s: {details['step_seconds']})."
+        )
+        if details.get("memory_bytes") is not None:
+            lines.append(f"Model memory: {details['memory_bytes'] / 2**20:.1f} MiB.")
+        if details.get("skipped"):
+            lines.append(f"Skipped {len(details['skipped'])} bad item(s) (see run.json).")
+    return "\n".join(lines) + "\n"
+
+
+def run_benchmark(
+    root: Path | str,
+    protocol: str,
+    objects: list[str] | None = None,
+    method: str = "patchcore",
+    out_dir: Path | str | None = None,
+    image_size: int = 224,
+    skip_bad: bool = False,
+    progress: bool = True,
+    **method_options,
+) -> dict:
+    """Learn the protocol's steps in order and evaluate all objects seen so far after each step.
+
+    Returns, and writes to out_dir/results.json, exactly {"method", "protocol", "steps": [{"trained":
+    [names], "eval": {name: {"i_auroc", "p_auroc", "aupro"}}}], "fm": {"i_auroc", "aupro"} or None}
+    with every metric in percent (None where undefined). Timings, model memory and skipped items go
+    to out_dir/run.json, and the paper-style table to out_dir/results.md.
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
+    root = Path(root)
+    order = order_objects(list_objects(root), objects)
+    plan = protocol_steps(protocol, order)
+    problems: list[str] = []
+    train: dict[str, list[Sample]] = {}
+    test: dict[str, list[Sample]] = {}
+    for name in order:  # list everything first: a bad dataset fails before hours of training
+        train[name] = _checked(list_samples(root, name, "train", skip_bad, problems), skip_bad, problems)
+        test[name] = _checked(list_samples(root, name, "test", skip_bad, problems), skip_bad, problems)
+        if not train[name] or not test[name]:
+            raise InputError(f"{name}: no usable train or test samples left after skipping bad items")
+    if problems:
+        _say(progress, f"skipped {len(problems)} bad item(s); first: {problems[0]}")
+
+    runner = METHODS[method](image_size=image_size, **method_options)
+    truths = {name: ground_truth(test[name], image_size) for name in order}
+    labels = {name: np.array([s.is_anomalous for s in test[name]], dtype=int) for name in order}
+    learned_at = {name: index for index, step in enumerate(plan) for name in step}
+    steps: list[dict] = []
+    raw: list[dict[str, dict]] = []  # unrounded fractions, for the Forgetting Measure
+    step_seconds: list[list[float]] = []
+    seen: list[str] = []
+    started = time.perf_counter()
+    for index, step_objects in enumerate(plan):
+        _say(progress, f"[step {index + 1}/{len(plan)}] learning {', '.join(step_objects)} ({method})")
+        step_start = time.perf_counter()
+        runner.learn(list(step_objects), {name: train[name] for name in step_objects})
+        learn_seconds = time.perf_counter() - step_start
+        seen += step_objects
+        evaluation, raw_step = {}, {}
+        for name in seen:
+            scores, maps = runner.predict(name, test[name])
+            fractions = score_object(labels[name], np.asarray(scores), truths[name], np.asarray(maps), name)
+            evaluation[name] = {key: percent(value) for key, value in fractions.items()}
+            raw_step[name] = fractions
+            _say(
+                progress,
+                f"  {name:<16} I-AUROC {evaluation[name]['i_auroc']}  P-AUROC "
+                f"{evaluation[name]['p_auroc']}  AUPRO {evaluation[name]['aupro']}",
+            )
+        steps.append({"trained": list(step_objects), "eval": evaluation})
+        raw.append(raw_step)
+        step_seconds.append(
+            [round(learn_seconds, 1), round(time.perf_counter() - step_start - learn_seconds, 1)]
+        )
+        mean = step_means(steps[-1])
+        _say(progress, f"  mean I-AUROC {mean['i_auroc']}  P-AUROC {mean['p_auroc']}  AUPRO {mean['aupro']}")
+
+    results = {"method": method, "protocol": protocol, "steps": steps, "fm": forgetting(raw, learned_at)}
+    memory = getattr(runner, "memory_bytes", None)
+    details = {
+        "image_size": image_size,
+        "objects": order,
+        "seconds": round(time.perf_counter() - started, 1),
+        "step_seconds": step_seconds,
+        "memory_bytes": int(memory()) if callable(memory) else None,
+        "skipped": problems,
+    }
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out / "run.json").write_text(json.dumps(details, indent=2) + "\n")
+        (out / "results.md").write_text(results_markdown(results, details))
+        _say(progress, f"wrote {out / 'results.json'}, {out / 'results.md'} and {out / 'run.json'}")
+    return results

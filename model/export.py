@@ -1,0 +1,138 @@
+"""ONNX export of a model version and an onnxruntime backend with the same interface as PyTorch's.
+
+The exported graph runs everything that depends on pixels: both frozen backbone passes, the two
+reconstruction branches with the selective scan (unrolled for the grid of the configured image size),
+IBFM and the per-token error maps, plus the object probabilities. What depends on the chosen object
+(per-object normalisation, upsampling, smoothing, the image score) is `InspectionModel.finish`,
+shared by both backends, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.checkpoint import ONNX_FILE, Manifest, load_version, verify_file
+from model.errors import CheckpointError
+from model.inference import InspectionModel, Prediction, PreparedBatch
+from model.network.feature_extractor import MultiScaleFeatures
+from model.network.iumad import IUMADNet
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+INPUTS = ("rgb", "depth", "has_depth")
+OUTPUTS = ("errors", "probabilities")
+
+
+class InferenceGraph(nn.Module):
+    """(rgb, depth images in [0, 1], has_depth 0/1) -> (error maps (B, 2, h, w), object probabilities)."""
+
+    def __init__(self, features: MultiScaleFeatures, net: IUMADNet) -> None:
+        super().__init__()
+        self.features = features
+        self.net = net
+
+    def forward(self, rgb: torch.Tensor, depth: torch.Tensor, has_depth: torch.Tensor):
+        has_depth_bool = has_depth > 0.5
+        rgb_features = self.features(rgb)
+        depth_features = self.features(depth) * has_depth.view(-1, 1, 1, 1)
+        return self.net.error_maps(
+            rgb_features, depth_features, torch.ones_like(has_depth_bool), has_depth_bool
+        )
+
+
+def export_onnx(model: InspectionModel, out: Path) -> Path:
+    """Write the inference graph of `model` to `out` with a dynamic batch axis."""
+    graph = InferenceGraph(model.features, model.net).eval().cpu()
+    size = model.config.image_size
+    example = (torch.rand(2, 3, size, size), torch.rand(2, 3, size, size), torch.ones(2))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(out.name + ".tmp")
+    with torch.no_grad():
+        torch.onnx.export(
+            graph,
+            example,
+            str(temporary),
+            input_names=list(INPUTS),
+            output_names=list(OUTPUTS),
+            dynamic_axes={name: {0: "batch"} for name in (*INPUTS, *OUTPUTS)},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    temporary.replace(out)
+    return out
+
+
+def onnx_providers(device: str) -> list[str]:
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    if device in ("cuda", "auto") and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxInspectionModel(InspectionModel):
+    """Same inputs and `Prediction`s as `InspectionModel`, with the heavy graph in onnxruntime."""
+
+    def __init__(
+        self,
+        net: IUMADNet,
+        manifest: Manifest,
+        onnx_path: Path,
+        device: str = "cpu",
+        threads: int | None = None,
+    ) -> None:
+        super().__init__(net, manifest, "cpu")
+        import onnxruntime
+
+        if not Path(onnx_path).is_file():
+            raise CheckpointError(f"{onnx_path} does not exist: export the version first (iumad export)")
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(str(onnx_path), options, providers=onnx_providers(device))
+
+    @classmethod
+    def load(
+        cls, directory: Path, device: str = "cpu", backbone_weights: Path | None = None
+    ) -> OnnxInspectionModel:
+        net, manifest = load_version(directory)
+        return cls(net, manifest, verify_file(directory, manifest, ONNX_FILE), device)
+
+    def run_graph(self, batch: PreparedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        errors, probabilities = self.session.run(
+            list(OUTPUTS),
+            {
+                "rgb": batch.rgb.numpy(),
+                "depth": batch.depth.numpy(),
+                "has_depth": batch.has_depth.numpy().astype(np.float32),
+            },
+        )
+        return torch.from_numpy(errors), torch.from_numpy(probabilities)
+
+    def predict_prepared(self, batch: PreparedBatch, objects) -> list[Prediction]:
+        errors, probabilities = self.run_graph(batch)
+        return self.finish(errors, probabilities, batch.has_rgb, batch.has_depth, objects)
+
+
+def load_serving_model(
+    directory: Path, backend: str = "torch", device: str = "cpu", backbone_weights: Path | None = None
+) -> InspectionModel:
+    """The gateway's loader: PyTorch, or onnxruntime on the version's exported graph.
+
+    Gateways never export: a version meant for onnxruntime carries its `model.onnx`, written by the
+    worker with the version (and covered by the manifest's sha256).
+    """
+    if backend == "onnxruntime":
+        return OnnxInspectionModel.load(directory, device, backbone_weights)
+    if backend != "torch":
+        raise ValueError(f"unknown inference backend {backend!r}")
+    return InspectionModel.load(directory, device, backbone_weights)

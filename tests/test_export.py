@@ -1,0 +1,69 @@
+"""ONNX export: the exported graph gives the same maps and scores as PyTorch, on random and real parts."""
+
+import numpy as np
+import pytest
+from tiny_model import sample_source, train_tiny
+
+from iumad.cli import main
+from model.checkpoint import ONNX_FILE, save_version
+from model.errors import CheckpointError
+from model.export import OnnxInspectionModel, export_onnx, load_serving_model
+from model.inference import InspectionInput, InspectionModel
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    trained = train_tiny(("alpha", "beta"))
+    model = InspectionModel(trained.net, trained.manifest)
+    path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "model.onnx")
+    return trained, model, path
+
+
+def _parts():
+    rng = np.random.default_rng(3)
+    random_part = InspectionInput(
+        rng.integers(0, 256, (72, 72, 3), dtype=np.uint8),
+        (0.4 + 0.1 * rng.random((72, 72))).astype(np.float32),
+        None,
+    )
+    rgb, depth = sample_source(11)()
+    return [random_part, InspectionInput(rgb, depth, "beta"), InspectionInput(rgb, None, "alpha")]
+
+
+def test_onnx_matches_pytorch_within_1e_4(exported):
+    _, model, path = exported
+    onnx_model = OnnxInspectionModel(model.net, model.manifest, path)
+    for ours, theirs in zip(model.predict(_parts()), onnx_model.predict(_parts()), strict=True):
+        assert ours.object == theirs.object and ours.modalities == theirs.modalities
+        assert abs(ours.raw_score - theirs.raw_score) <= 1e-4 * max(1.0, abs(ours.raw_score))
+        np.testing.assert_allclose(theirs.anomaly_map, ours.anomaly_map, atol=1e-4, rtol=1e-3)
+
+
+def test_batch_axis_is_dynamic(exported):
+    _, model, path = exported
+    onnx_model = OnnxInspectionModel(model.net, model.manifest, path)
+    single = onnx_model.predict(_parts()[:1])[0]
+    batched = onnx_model.predict(_parts())[0]
+    np.testing.assert_allclose(single.anomaly_map, batched.anomaly_map, atol=1e-5)
+
+
+def test_serving_loader_uses_the_versions_own_checked_onnx_file(exported, tmp_path):
+    trained, _, path = exported
+    directory = save_version(trained.net, trained.manifest, tmp_path / "v", extra_files={ONNX_FILE: path})
+    model = load_serving_model(directory, backend="onnxruntime")
+    assert isinstance(model, OnnxInspectionModel)
+    (directory / ONNX_FILE).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_serving_model(directory, backend="onnxruntime")
+    bare = save_version(trained.net, trained.manifest, tmp_path / "bare")
+    with pytest.raises(CheckpointError, match="no model.onnx"):
+        load_serving_model(bare, backend="onnxruntime")
+
+
+def test_export_command_reports_parity_and_refuses_bad_input(exported, tmp_path, capsys):
+    trained, _, _ = exported
+    directory = save_version(trained.net, trained.manifest, tmp_path / "v")
+    assert main(["export", "--model", str(directory), "--out", str(tmp_path / "m.onnx")]) == 0
+    assert '"max_abs_map"' in capsys.readouterr().out
+    assert main(["export", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "x.onnx")]) == 2
+    assert main(["export", "--model", str(directory), "--out", str(tmp_path / "x.txt")]) == 2
