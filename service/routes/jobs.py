@@ -23,6 +23,7 @@ from service.auth import require_inspect, require_operator
 from service.lineage import redis_or_503, require_lineage
 from service.state import AppState, get_state
 from workers.job_store import JobRecord, JobStore
+from workers.storage import discard_enrolment
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -93,6 +94,7 @@ def cancel_job(
                     queued = False
             if queued:
                 jobs.finish(job_id, "canceled", "canceled before it started; the active model is unchanged")
+                discard_enrolment(state.settings.samples_dir, record.object, job_id)
         if not queued:
             grace = state.settings.cancel_grace_s
             timer = threading.Timer(grace, _hard_cancel, args=(jobs, job_id, grace))

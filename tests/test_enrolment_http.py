@@ -1,0 +1,342 @@
+"""`POST /enroll-object`, `/jobs` and `POST /models/{v}/activate` over HTTP, against a private real Redis.
+
+The gateway runs in-process (TestClient) without a worker: these tests are about what is accepted,
+refused, stored and queued. Every refusal must be a clear 4xx with nothing stored and nothing queued.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from redis import Redis
+from rq import Queue
+from service_processes import mvtec_zip, start_redis
+from service_support import build_version, png_bytes, service_settings, tiff_bytes
+
+from iumad.settings import Settings
+from service.app import create_app
+from service.embedded import RedisServerProcess, free_port
+from service.lineage import connect_redis
+from workers.registry import ModelRegistry
+
+OPERATOR, CAMERA = "operator-key", "camera-key"
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServerProcess]:
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return service_settings(
+        tmp_path / "data",
+        operator_api_keys=[OPERATOR],
+        inspect_api_keys=[CAMERA],
+        min_enroll_samples=5,
+        max_enroll_bytes=150 * 1024 * 1024,
+    )
+
+
+@pytest.fixture
+def redis(redis_server: RedisServerProcess) -> Iterator[Redis]:
+    client = connect_redis(redis_server.url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def client(settings: Settings, redis: Redis) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, redis), headers={"X-API-Key": OPERATOR}) as test_client:
+        yield test_client
+
+
+def _rgb(seed: int, size: int = 32) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+
+
+def _depth(seed: int, size: int = 32) -> np.ndarray:
+    return (0.4 + 0.01 * np.random.default_rng(seed).random((size, size))).astype(np.float32)
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for name, data in members.items():
+            bundle.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _pairs(count: int, size: int = 32) -> dict[str, bytes]:
+    members = {f"{i:03d}.png": png_bytes(_rgb(i, size)) for i in range(count)}
+    return members | {f"{i:03d}.tiff": tiff_bytes(_depth(i, size)) for i in range(count)}
+
+
+def _symlink_tar() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as bundle:
+        for name, data in _pairs(6).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            bundle.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("006.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "../../etc/passwd"
+        bundle.addfile(link)
+    return buffer.getvalue()
+
+
+def _bomb() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("000.png", b"\0" * (80 * 1024 * 1024))
+    return buffer.getvalue()
+
+
+def _nothing_stored(settings: Settings, redis: Redis) -> None:
+    stored = (
+        [p for p in settings.samples_dir.rglob("*") if p.is_file()] if settings.samples_dir.exists() else []
+    )
+    uploads = (
+        list((settings.data_dir / "uploads").rglob("*")) if (settings.data_dir / "uploads").exists() else []
+    )
+    assert stored == [] and uploads == []
+    assert Queue(settings.queue_name, connection=redis).count == 0
+    assert redis.zcard("iumad:jobs") == 0
+
+
+BAD_INPUTS = {
+    "empty archive": (
+        {"object": "part"},
+        {"archive": ("a.zip", _zip({}))},
+        422,
+        "validation_error",
+        "no files",
+    ),
+    "zero-byte archive": ({"object": "part"}, {"archive": ("a.zip", b"")}, 422, "validation_error", "empty"),
+    "not an archive": (
+        {"object": "part"},
+        {"archive": ("a.zip", b"hello world" * 10)},
+        415,
+        "unsupported_media_type",
+        "not a .zip",
+    ),
+    "truncated archive": (
+        {"object": "part"},
+        {"archive": ("a.zip", _zip(_pairs(6))[:-200])},
+        400,
+        "invalid_input",
+        "corrupt",
+    ),
+    "../ path": (
+        {"object": "part"},
+        {"archive": ("a.zip", _zip(_pairs(6) | {"../../x.png": b"x"}))},
+        422,
+        "unsafe_archive",
+        "outside",
+    ),
+    "absolute path": (
+        {"object": "part"},
+        {"archive": ("a.zip", _zip(_pairs(6) | {"/tmp/x.png": b"x"}))},
+        422,
+        "unsafe_archive",
+        "absolute",
+    ),
+    "symlink": ({"object": "part"}, {"archive": ("a.tar.gz", _symlink_tar())}, 422, "unsafe_archive", "link"),
+    "zip bomb": ({"object": "part"}, {"archive": ("a.zip", _bomb())}, 413, "archive_too_large", "zip bomb"),
+    "unpaired files": (
+        {"object": "part"},
+        {"archive": ("a.zip", _zip(_pairs(6) | {"006.png": png_bytes(_rgb(6))}))},
+        422,
+        "invalid_samples",
+        "invalid",
+    ),
+    "mixed sizes": (
+        {"object": "part"},
+        {
+            "archive": (
+                "a.zip",
+                _zip(_pairs(6) | {"006.png": png_bytes(_rgb(6, 48)), "006.tiff": tiff_bytes(_depth(6, 48))}),
+            )
+        },
+        422,
+        "invalid_samples",
+        "invalid",
+    ),
+    "bad object name": (
+        {"object": "Bad Name!"},
+        {"archive": ("a.zip", _zip(_pairs(6)))},
+        422,
+        "validation_error",
+        "object",
+    ),
+    "too few samples": (
+        {"object": "part"},
+        {"archive": ("a.zip", _zip(_pairs(3)))},
+        422,
+        "validation_error",
+        "too few samples",
+    ),
+    "not multipart": ({"object": "part"}, {}, 415, "unsupported_media_type", "multipart/form-data"),
+    "no samples": ({"object": "part"}, {"note": ("note.txt", b"")}, 422, "validation_error", "archive"),
+    "bad holdout": (
+        {"object": "part", "holdout_fraction": "0.9"},
+        {"archive": ("a.zip", _zip(_pairs(6)))},
+        422,
+        "validation_error",
+        "holdout_fraction",
+    ),
+    "path in a file name": (
+        {"object": "part"},
+        [("files", ("../000.png", png_bytes(_rgb(0))))],
+        422,
+        "unsafe_archive",
+        "no paths",
+    ),
+    "unknown field": (
+        {"object": "part", "epochs": "9"},
+        {"archive": ("a.zip", _zip(_pairs(6)))},
+        422,
+        "validation_error",
+        "epochs",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_a_clear_4xx_and_nothing_is_stored(
+    client: TestClient, settings: Settings, redis: Redis, case: str
+) -> None:
+    data, files, status, code, text = BAD_INPUTS[case]
+    response = client.post("/enroll-object", data=data, files=files or None)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code and text in (error["message"] + str(error.get("details", ""))), error
+    _nothing_stored(settings, redis)
+
+
+def test_rejects_are_listed_file_by_file(client: TestClient, settings: Settings, redis: Redis) -> None:
+    members = _pairs(6) | {"006.png": png_bytes(_rgb(6)), "007.tiff": tiff_bytes(_depth(7))}
+    response = client.post(
+        "/enroll-object", data={"object": "part"}, files={"archive": ("a.zip", _zip(members))}
+    )
+    assert response.status_code == 422
+    details = {item["file"]: item["reason"] for item in response.json()["error"]["details"]}
+    assert details == {
+        "006.png": "RGB image without a depth file (the other samples have depth)",
+        "007.tiff": "depth file without an RGB image",
+    }
+
+
+def test_accepted_enrolment_is_stored_and_queued(
+    client: TestClient, settings: Settings, redis: Redis, synthetic_root: Path
+) -> None:
+    response = client.post(
+        "/enroll-object",
+        data={"object": "disc", "holdout_fraction": "0.25"},
+        files={"archive": ("disc.zip", mvtec_zip(synthetic_root, "disc"))},
+    )
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "queued" and body["status_url"].endswith(f"/jobs/{body['job_id']}")
+    assert response.headers["location"] == body["status_url"]
+    assert body["enrolment"]["train_samples"] == 6 and body["enrolment"]["holdout_samples"] == 2
+    stored = settings.samples_dir / "disc" / body["job_id"]
+    assert (stored / "enrolment.json").is_file() and len(list((stored / "train" / "rgb").iterdir())) == 6
+    assert not (settings.data_dir / "uploads" / body["job_id"]).exists()
+    assert Queue(settings.queue_name, connection=redis).job_ids == [body["job_id"]]
+    job = client.get(body["status_url"]).json()
+    assert (job["status"], job["object"], job["progress"]) == ("queued", "disc", 0.0)
+    assert [item["job_id"] for item in client.get("/jobs").json()["jobs"]] == [body["job_id"]]
+
+    again = client.post(
+        "/enroll-object",
+        data={"object": "disc"},
+        files={"archive": ("disc.zip", mvtec_zip(synthetic_root, "disc"))},
+    )
+    assert (
+        again.status_code == 409 and "already has a queued enrolment job" in again.json()["error"]["message"]
+    )
+
+    cancel = client.post(f"/jobs/{body['job_id']}/cancel")
+    assert cancel.status_code == 200 and cancel.json()["status"] == "canceled"
+    assert not stored.exists(), "a canceled enrolment's samples are removed"
+    assert Queue(settings.queue_name, connection=redis).count == 0
+    assert client.post(f"/jobs/{body['job_id']}/cancel").status_code == 409
+    assert client.get("/jobs/nope").status_code == 404
+
+
+def test_flat_files_upload(client: TestClient, settings: Settings) -> None:
+    files = [("files", (name, data)) for name, data in _pairs(6).items()]
+    response = client.post("/enroll-object", data={"object": "flat"}, files=files)
+    assert response.status_code == 202, response.text
+    assert response.json()["enrolment"]["modalities"] == ["rgb", "depth"]
+
+
+def test_already_enrolled_needs_replace(client: TestClient, settings: Settings, redis: Redis) -> None:
+    directory = build_version(settings.models_dir, activate=False)  # objects alpha and beta
+    ModelRegistry(redis, settings.models_dir).activate(directory.name)
+    archive = {"archive": ("a.zip", _zip(_pairs(6)))}
+    refused = client.post("/enroll-object", data={"object": "alpha"}, files=archive)
+    assert refused.status_code == 409 and "replace=true" in refused.json()["error"]["message"]
+    _nothing_stored(settings, redis)
+    accepted = client.post("/enroll-object", data={"object": "alpha", "replace": "true"}, files=archive)
+    assert accepted.status_code == 202 and accepted.json()["object"] == "alpha"
+
+
+def test_operator_key_is_required(settings: Settings, redis: Redis) -> None:
+    with TestClient(create_app(settings, redis)) as anonymous:
+        archive = {"archive": ("a.zip", _zip(_pairs(6)))}
+        assert anonymous.post("/enroll-object", data={"object": "p"}, files=archive).status_code == 401
+        camera = anonymous.post(
+            "/enroll-object", data={"object": "p"}, files=archive, headers={"X-API-Key": CAMERA}
+        )
+        assert camera.status_code == 403
+        assert anonymous.post("/models/v1/activate", headers={"X-API-Key": CAMERA}).status_code == 403
+    _nothing_stored(settings, redis)
+
+
+def test_upload_over_the_limit_is_413(settings: Settings, redis: Redis) -> None:
+    small = settings.model_copy(update={"max_enroll_bytes": 100_000})
+    with TestClient(create_app(small, redis), headers={"X-API-Key": OPERATOR}) as test_client:
+        response = test_client.post(
+            "/enroll-object", data={"object": "part"}, files={"archive": ("a.zip", _zip(_pairs(12, size=64)))}
+        )
+    assert response.status_code == 413
+    _nothing_stored(settings, redis)
+
+
+def test_redis_down_is_503_with_a_clear_message(settings: Settings) -> None:
+    dead = connect_redis(f"redis://127.0.0.1:{free_port()}/0")
+    with TestClient(create_app(settings, dead), headers={"X-API-Key": OPERATOR}) as test_client:
+        response = test_client.post(
+            "/enroll-object", data={"object": "part"}, files={"archive": ("a.zip", _zip(_pairs(6)))}
+        )
+        assert response.status_code == 503 and response.headers["retry-after"]
+        assert "Redis is unreachable" in response.json()["error"]["message"]
+        assert test_client.get("/jobs").status_code == 503
+        assert test_client.get("/readyz").status_code == 200  # inspection readiness does not need Redis
+    assert not settings.samples_dir.exists()
+
+
+def test_activate_checks_the_version(client: TestClient, settings: Settings, redis: Redis) -> None:
+    first = build_version(settings.models_dir, "v20260101T000000-aaaaaa", activate=False)
+    second = build_version(settings.models_dir, "v20260101T000000-bbbbbb", activate=False)
+    response = client.post(f"/models/{first.name}/activate")
+    assert response.status_code == 200 and response.json()["active"]["sequence"] == 1
+    assert client.post(f"/models/{second.name}/activate", params={"expected_sequence": 0}).status_code == 409
+    assert client.post("/models/v20990101T000000-nope00/activate").status_code == 404
+    weights = second / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    corrupt = client.post(f"/models/{second.name}/activate")
+    assert corrupt.status_code == 422 and "corrupt" in corrupt.json()["error"]["message"]
+    assert ModelRegistry(redis, settings.models_dir).active().version == first.name

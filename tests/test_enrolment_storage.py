@@ -1,0 +1,291 @@
+"""Enrolment samples on disk: archive safety, pairing, validation, durable storage (no Redis, no HTTP)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from workers.storage import (
+    ArchiveTooLargeError,
+    IngestLimits,
+    SamplesRejectedError,
+    UnsafeArchiveError,
+    ValidationError,
+    check_object_name,
+    ingest_archive,
+    ingest_folder,
+    load_enrolment,
+    split_holdout,
+)
+
+LIMITS = IngestLimits(max_bytes=200 * 1024 * 1024, max_members=1000, max_ratio=100.0, min_samples=5)
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _tiff(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array)
+    return buffer.getvalue()
+
+
+def _rgb(seed: int, size: int = 32) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+
+
+def _depth(seed: int, size: int = 32) -> np.ndarray:
+    return (0.4 + 0.01 * np.random.default_rng(seed).random((size, size))).astype(np.float32)
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for name, data in members.items():
+            bundle.writestr(name, data)
+    return path
+
+
+def _tar(path: Path, members: dict[str, bytes], mode: str = "w") -> Path:
+    with tarfile.open(path, mode) as bundle:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            bundle.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _mvtec_members(root: Path, prefix: str = "") -> dict[str, bytes]:
+    return {
+        prefix + path.relative_to(root).as_posix(): path.read_bytes()
+        for path in root.rglob("*")
+        if path.is_file()
+    }
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    return tmp_path / "work", tmp_path / "samples"
+
+
+def _nothing_stored(samples: Path) -> bool:
+    return not samples.exists() or not any(path.is_file() for path in samples.rglob("*"))
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar", "tar.gz"])
+def test_mvtec_archive_is_paired_split_and_stored(
+    synthetic_root: Path, dirs, tmp_path: Path, kind: str
+) -> None:
+    work, samples = dirs
+    members = _mvtec_members(synthetic_root / "disc", "disc/")
+    archive = tmp_path / f"disc.{kind}"
+    if kind == "zip":
+        _zip(archive, members)
+    else:
+        _tar(archive, members, "w:gz" if kind == "tar.gz" else "w")
+    stored = ingest_archive(archive, work, "disc", "e1", samples, 0.25, LIMITS)
+    # 6 train + 2 validation + 3 good test images; defective test images and gt masks are skipped.
+    assert len(stored.train) + len(stored.holdout) == 11
+    assert len(stored.holdout) == 3
+    assert stored.modalities == ["rgb", "depth"] and (stored.width, stored.height) == (64, 64)
+    assert any("gt" in name for name in stored.skipped) and any(
+        "contamination" in name for name in stored.skipped
+    )
+    again = load_enrolment(samples / "disc" / "e1")
+    assert [pair.key for pair in again.holdout] == [pair.key for pair in stored.holdout]
+    assert all(pair.rgb.is_file() and pair.depth is not None and pair.depth.is_file() for pair in again.train)
+    assert not any(path.name.startswith(".") for path in (samples / "disc").iterdir())
+
+
+def test_flat_pairs_with_every_depth_format(dirs, tmp_path: Path) -> None:
+    work, samples = dirs
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    for index in range(6):
+        (folder / f"{index:03d}.png").write_bytes(_png(_rgb(index)))
+        depth = _depth(index)
+        if index % 3 == 0:
+            (folder / f"{index:03d}.tiff").write_bytes(_tiff(depth))
+        elif index % 3 == 1:
+            (folder / f"{index:03d}_depth.png").write_bytes(_png((depth * 1000).astype(np.uint16)))
+        else:
+            np.save(folder / f"{index:03d}.npy", depth)
+    stored = ingest_folder(folder, "flat-part", "e1", samples, 0.0, LIMITS)
+    assert len(stored.train) == 6 and not stored.holdout
+    assert {pair.depth.suffix for pair in stored.train if pair.depth} == {".tiff", ".png", ".npy"}
+
+
+def test_rgb_only_enrolment(dirs, tmp_path: Path) -> None:
+    work, samples = dirs
+    archive = _zip(tmp_path / "rgb.zip", {f"parts/{i:03d}.png": _png(_rgb(i)) for i in range(6)})
+    stored = ingest_archive(archive, work, "rgb-only", "e1", samples, 0.2, LIMITS)
+    assert stored.modalities == ["rgb"] and all(pair.depth is None for pair in stored.train + stored.holdout)
+
+
+def test_holdout_split_is_deterministic_and_keeps_two_for_training() -> None:
+    assert split_holdout(20, 0.1, "disc") == split_holdout(20, 0.1, "disc")
+    assert len(split_holdout(20, 0.1, "disc")) == 2
+    assert len(split_holdout(3, 0.5, "disc")) == 1
+    with pytest.raises(ValidationError):
+        split_holdout(10, 0.9, "disc")
+
+
+@pytest.mark.parametrize("name", ["", "Disc", "-disc", "a" * 65, "../x", "disc name", "dïsc"])
+def test_bad_object_names(name: str) -> None:
+    with pytest.raises(ValidationError):
+        check_object_name(name)
+
+
+@pytest.mark.parametrize(
+    "member", ["../evil.png", "ok/../../evil.png", "/etc/evil.png", "C:/evil.png", "a\\..\\evil.png"]
+)
+def test_path_traversal_is_refused(dirs, tmp_path: Path, member: str) -> None:
+    work, samples = dirs
+    members = {f"{i:03d}.png": _png(_rgb(i)) for i in range(6)} | {member: _png(_rgb(9))}
+    archive = _zip(tmp_path / "evil.zip", members)
+    with pytest.raises(UnsafeArchiveError):
+        ingest_archive(archive, work, "evil", "e1", samples, 0.1, LIMITS)
+    assert _nothing_stored(samples)
+    assert not (tmp_path / "evil.png").exists()
+
+
+@pytest.mark.parametrize("link", [tarfile.SYMTYPE, tarfile.LNKTYPE])
+def test_links_in_tar_are_refused(dirs, tmp_path: Path, link: bytes) -> None:
+    work, samples = dirs
+    archive = tmp_path / "links.tar"
+    with tarfile.open(archive, "w") as bundle:
+        for index in range(6):
+            data = _png(_rgb(index))
+            info = tarfile.TarInfo(f"{index:03d}.png")
+            info.size = len(data)
+            bundle.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("006.png")
+        info.type = link
+        info.linkname = "/etc/passwd" if link == tarfile.SYMTYPE else "000.png"
+        bundle.addfile(info)
+    with pytest.raises(UnsafeArchiveError, match="link"):
+        ingest_archive(archive, work, "links", "e1", samples, 0.1, LIMITS)
+    assert _nothing_stored(samples)
+
+
+def test_symlink_in_zip_is_refused(dirs, tmp_path: Path) -> None:
+    work, samples = dirs
+    archive = tmp_path / "link.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("000.png", _png(_rgb(0)))
+        info = zipfile.ZipInfo("001.png")
+        info.external_attr = 0o120777 << 16
+        bundle.writestr(info, "/etc/passwd")
+    with pytest.raises(UnsafeArchiveError, match="symbolic link"):
+        ingest_archive(archive, work, "links", "e1", samples, 0.1, LIMITS)
+
+
+def test_zip_bomb_is_refused_by_ratio(dirs, tmp_path: Path) -> None:
+    work, samples = dirs
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("000.png", b"\0" * (80 * 1024 * 1024))
+    assert archive.stat().st_size < 1024 * 1024
+    with pytest.raises(ArchiveTooLargeError, match="zip bomb"):
+        ingest_archive(archive, work, "bomb", "e1", samples, 0.1, LIMITS)
+    assert not (work / "extracted" / "000.png").exists()
+
+
+def test_total_size_and_member_count_limits(dirs, tmp_path: Path) -> None:
+    work, samples = dirs
+    archive = _zip(tmp_path / "many.zip", {f"{i:03d}.png": _png(_rgb(i)) for i in range(12)})
+    small = IngestLimits(max_bytes=10**9, max_members=10, max_ratio=100.0)
+    with pytest.raises(ArchiveTooLargeError, match="more than 10 files"):
+        ingest_archive(archive, work, "many", "e1", samples, 0.1, small)
+    tiny = IngestLimits(max_bytes=5000, max_members=1000, max_ratio=100.0)
+    with pytest.raises(ArchiveTooLargeError, match="expands to more than"):
+        ingest_archive(archive, tmp_path / "work2", "many", "e1", samples, 0.1, tiny)
+    assert _nothing_stored(samples)
+
+
+def test_empty_and_non_archives(dirs, tmp_path: Path) -> None:
+    work, samples = dirs
+    empty_zip = _zip(tmp_path / "empty.zip", {})
+    with pytest.raises(ValidationError, match="no files"):
+        ingest_archive(empty_zip, work, "empty", "e1", samples, 0.1, LIMITS)
+    zero = tmp_path / "zero.zip"
+    zero.write_bytes(b"")
+    with pytest.raises(ValidationError, match="empty"):
+        ingest_archive(zero, tmp_path / "w2", "empty", "e1", samples, 0.1, LIMITS)
+    text = tmp_path / "text.zip"
+    text.write_bytes(b"not an archive at all")
+    with pytest.raises(Exception, match="not a .zip"):
+        ingest_archive(text, tmp_path / "w3", "empty", "e1", samples, 0.1, LIMITS)
+    truncated = tmp_path / "truncated.tar.gz"
+    _tar(truncated, {f"{i:03d}.png": _png(_rgb(i)) for i in range(6)}, "w:gz")
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    with pytest.raises(Exception, match="corrupt or truncated"):
+        ingest_archive(truncated, tmp_path / "w4", "empty", "e1", samples, 0.1, LIMITS)
+    assert _nothing_stored(samples)
+
+
+def test_unpaired_files_are_listed(dirs, tmp_path: Path) -> None:
+    work, samples = dirs
+    members = {f"{i:03d}.png": _png(_rgb(i)) for i in range(6)}
+    members |= {f"{i:03d}.tiff": _tiff(_depth(i)) for i in range(5)}  # 005 has no depth
+    members["007.tiff"] = _tiff(_depth(7))  # depth without RGB
+    archive = _zip(tmp_path / "unpaired.zip", members)
+    with pytest.raises(SamplesRejectedError) as caught:
+        ingest_archive(archive, work, "unpaired", "e1", samples, 0.1, LIMITS)
+    reasons = {reject.name: reject.reason for reject in caught.value.rejects}
+    assert "without a depth file" in reasons["005.png"] and "without an RGB" in reasons["007.tiff"]
+    assert _nothing_stored(samples)
+
+
+def test_mixed_sizes_and_corrupt_files_are_listed(dirs, tmp_path: Path) -> None:
+    work, samples = dirs
+    members = {f"{i:03d}.png": _png(_rgb(i)) for i in range(6)}
+    members["006.png"] = _png(_rgb(6, size=40))
+    members["007.png"] = _png(_rgb(7))[:100]
+    archive = _zip(tmp_path / "mixed.zip", members)
+    with pytest.raises(SamplesRejectedError) as caught:
+        ingest_archive(archive, work, "mixed", "e1", samples, 0.1, LIMITS)
+    reasons = {reject.name: reject.reason for reject in caught.value.rejects}
+    assert "40x40" in reasons["006"] and "32x32" in reasons["006"]
+    assert "corrupt" in reasons["007"] or "truncated" in reasons["007"]
+
+
+def test_rgb_and_depth_of_different_sizes(dirs, tmp_path: Path) -> None:
+    work, samples = dirs
+    members = {f"{i:03d}.png": _png(_rgb(i)) for i in range(6)}
+    members |= {f"{i:03d}.tiff": _tiff(_depth(i, size=32 if i else 16)) for i in range(6)}
+    with pytest.raises(SamplesRejectedError, match="invalid") as caught:
+        ingest_archive(_zip(tmp_path / "a.zip", members), work, "sizes", "e1", samples, 0.1, LIMITS)
+    assert [reject.name for reject in caught.value.rejects] == ["000"]
+
+
+def test_too_few_samples(dirs, tmp_path: Path) -> None:
+    work, samples = dirs
+    archive = _zip(tmp_path / "few.zip", {f"{i:03d}.png": _png(_rgb(i)) for i in range(3)})
+    with pytest.raises(ValidationError, match="too few samples"):
+        ingest_archive(archive, work, "few", "e1", samples, 0.1, LIMITS)
+    assert _nothing_stored(samples)
+
+
+def test_failed_store_leaves_no_partial_enrolment(dirs, tmp_path: Path, monkeypatch) -> None:
+    work, samples = dirs
+    archive = _zip(tmp_path / "ok.zip", {f"{i:03d}.png": _png(_rgb(i)) for i in range(6)})
+
+    def broken_rename(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("workers.storage.os.rename", broken_rename)
+    with pytest.raises(OSError):
+        ingest_archive(archive, work, "ok", "e1", samples, 0.1, LIMITS)
+    assert _nothing_stored(samples)
+    shutil.rmtree(work)

@@ -1,0 +1,124 @@
+"""The model registry and job records against a real (private) Redis server."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from service_processes import start_redis
+from tiny_model import train_tiny
+
+from model.checkpoint import save_version
+from model.errors import NotFoundError
+from service.embedded import RedisServerProcess
+from workers.job_store import JobStore
+from workers.registry import ModelRegistry, StaleActivationError
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServerProcess]:
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis(redis_server: RedisServerProcess) -> Iterator[Redis]:
+    client = Redis.from_url(redis_server.url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three complete versions (v1, v2, v3) and one half-written staging directory."""
+    directory = tmp_path_factory.mktemp("models")
+    result = train_tiny(("alpha",))
+    for name in ("v1", "v2", "v3"):
+        save_version(
+            result.net, dataclasses.replace(result.manifest, version=name, metrics={}), directory / name
+        )
+    (directory / ".tmp-v4-abc").mkdir()
+    (directory / ".tmp-v4-abc" / "model.safetensors").write_bytes(b"partial")
+    return directory
+
+
+def test_activation_sequence_history_and_events(redis: Redis, models_dir: Path) -> None:
+    registry = ModelRegistry(redis, models_dir)
+    assert registry.active() is None
+    start = registry.last_event_id()
+    first = registry.activate("v1", expected_sequence=0, reason="enrolled alpha")
+    assert (first.version, first.sequence) == ("v1", 1)
+    second = registry.activate("v2", expected_sequence=1)
+    assert (second.version, second.sequence, second.previous) == ("v2", 2, "v1")
+    events = registry.read_events(start, block_ms=None)
+    assert [(event.version, event.sequence) for event in events] == [("v1", 1), ("v2", 2)]
+    assert registry.read_events(events[-1].id, block_ms=None) == []
+    assert [entry["version"] for entry in registry.history()] == ["v2", "v1"]
+    assert registry.previous_version() == "v1"
+    rolled_back = registry.activate(registry.previous_version(), reason="rollback")
+    assert (rolled_back.version, rolled_back.sequence) == ("v1", 3)
+
+
+def test_stale_writer_loses(redis: Redis, models_dir: Path) -> None:
+    registry = ModelRegistry(redis, models_dir)
+    registry.activate("v1")
+    seen = registry.active()
+    registry.activate("v3", reason="operator rollback while a job trained")
+    with pytest.raises(StaleActivationError):
+        registry.activate("v2", expected_sequence=seen.sequence)
+    assert registry.active().version == "v3"
+
+
+def test_concurrent_activations_never_share_a_sequence(redis: Redis, models_dir: Path) -> None:
+    registry = ModelRegistry(redis, models_dir)
+    results: list[int] = []
+
+    def activate(version: str) -> None:
+        for _ in range(10):
+            results.append(registry.activate(version).sequence)
+
+    threads = [threading.Thread(target=activate, args=(v,)) for v in ("v1", "v2", "v3")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == list(range(1, 31))
+    assert registry.active().sequence == 30
+
+
+def test_unknown_partial_and_malicious_versions_are_refused(redis: Redis, models_dir: Path) -> None:
+    registry = ModelRegistry(redis, models_dir)
+    with pytest.raises(NotFoundError):
+        registry.activate("v9")
+    for bad in (".tmp-v4-abc", "../v1", "v1/../../etc", "", "a" * 200):
+        with pytest.raises(Exception, match="not a valid model version"):
+            registry.activate(bad)
+    assert registry.active() is None
+
+
+def test_list_versions_hides_staging_and_marks_active(redis: Redis, models_dir: Path) -> None:
+    registry = ModelRegistry(redis, models_dir)
+    registry.activate("v2")
+    listed = {info.version: info.status for info in registry.list_versions()}
+    assert listed == {"v1": "available", "v2": "active", "v3": "available"}
+
+
+def test_job_records_reconcile_a_silent_worker(redis: Redis) -> None:
+    store = JobStore(redis, heartbeat_timeout_s=0.5)
+    store.create("job-1", "alpha", False, {"train_samples": 5}, {})
+    assert store.get("job-1").status == "queued"  # no rq job yet, but within the enqueue grace period
+    from rq import Queue
+
+    Queue("test", connection=redis).enqueue("builtins.print", job_id="job-1")
+    store.update("job-1", status="running", stage="training", heartbeat_at=0.0)
+    record = store.get("job-1")
+    assert record.status == "failed" and "stopped responding during 'training'" in record.message
+    assert not store.update("job-1", status="running"), "a finished record is final"
+    assert store.get("job-1").status == "failed"
+    assert [job.id for job in store.list()] == ["job-1"]

@@ -1,0 +1,481 @@
+"""The enrolment job: an rq job function that runs in the worker's forked work horse.
+
+One job = one step of the model lineage: wait for the lineage lock (so steps apply in order even with
+several workers), start from the then-active version, train the new object (a base step when
+nothing is active; a rebuild from stored samples when an object is replaced), check for forgetting,
+write the version atomically and activate it with a sequence check. Progress goes to the job's
+record for `GET /jobs/{id}` and to the log. Cancellation is cooperative (a flag checked between
+batches); the cancel route kills the work horse if it does not stop in time. If the horse dies, the
+active pointer is untouched and no version directory appears (versions are written by rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError as RedisClientError
+
+from iumad.settings import Settings, get_settings
+from model.errors import ConflictError, InputError, IumadError
+from workers.job_store import JobRecord, JobStore
+from workers.lineage_lock import LineageLock
+from workers.registry import ModelRegistry, StaleActivationError
+from workers.storage import StoredEnrolment, discard_enrolment, load_enrolment, sample_source
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL_S = 2.0
+LINEAGE_LOCK_TTL_S = 20
+PR_SET_PDEATHSIG = 1
+# Share of the remaining time budget the training loop may use; features, calibration, the guard
+# and saving take the rest.
+TRAINING_SHARE = 0.6
+
+
+def lineage_lock_key(settings: Settings) -> str:
+    return f"{settings.redis_key_prefix}:lineage-lock"
+
+
+def enqueue_enrolment(redis: Redis, settings: Settings, job_id: str, spec: dict[str, Any]) -> None:
+    """Put an enrolment on the queue with an explicit timeout (rq's default is three minutes)."""
+    from rq import Queue
+
+    queue = Queue(settings.queue_name, connection=redis)
+    queue.enqueue(
+        "workers.jobs.enroll_object",
+        spec,
+        job_id=job_id,
+        job_timeout=settings.job_timeout_s,
+        result_ttl=7 * 24 * 3600,
+        failure_ttl=30 * 24 * 3600,
+        description=f"enrol {spec['object']}",
+    )
+
+
+def new_job_id() -> str:
+    """Also the enrolment id: one job per enrolment, so samples and job share a name."""
+    return uuid.uuid4().hex
+
+
+def submit_enrolment(
+    redis: Redis, settings: Settings, stored: StoredEnrolment, replace: bool, options: dict[str, Any]
+) -> JobRecord:
+    """Record and enqueue the job for a stored enrolment (its id is the enrolment id)."""
+    store = JobStore(redis, settings.redis_key_prefix, settings.job_heartbeat_timeout_s)
+    job_id = stored.enrolment_id
+    spec = {
+        "object": stored.object,
+        "enrolment": f"{stored.object}/{stored.enrolment_id}",
+        "replace": replace,
+        **options,
+    }
+    record = store.create(job_id, stored.object, replace, stored.summary(), options)
+    try:
+        enqueue_enrolment(redis, settings, job_id, spec)
+    except BaseException:
+        with contextlib.suppress(RedisClientError):
+            store.delete(job_id)
+        raise
+    return record
+
+
+def die_with_parent() -> None:
+    """Make the kernel kill this work horse when its worker dies (rq puts the horse in its own group)."""
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the heartbeat still exposes the orphan
+        return
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+class JobCancelled(Exception):
+    pass
+
+
+class EnrolmentRun:
+    """Everything one job needs, so the steps below stay short and readable."""
+
+    def __init__(self, settings: Settings, redis: Redis, job_id: str, spec: dict[str, Any]) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.job_id = job_id
+        self.spec = spec
+        self.object = spec["object"]
+        self.store = JobStore(redis, settings.redis_key_prefix, settings.job_heartbeat_timeout_s)
+        self.registry = ModelRegistry(redis, settings.models_dir, settings.redis_key_prefix)
+        self.lock = LineageLock(redis, lineage_lock_key(settings), job_id, LINEAGE_LOCK_TTL_S)
+        self._holds_lock = False
+        self.started = time.time()
+        self.deadline = self.started + float(spec.get("max_minutes") or settings.enroll_max_minutes) * 60
+        self.timings: dict[str, float] = {}
+        self._stage = ""
+        self._last_log = 0.0
+        self._last_cancel_check = 0.0
+        self._cancel = False
+        self._stop_heartbeat = threading.Event()
+
+    # ---------------------------------------------------------------------- progress, cancel
+
+    def report(self, fraction: float, stage: str, message: str = "") -> None:
+        fraction = min(1.0, max(0.0, fraction))
+        now = time.time()
+        if stage != self._stage or now - self._last_log > 2.0:
+            log.info("job %s (%s): %s %3.0f%% %s", self.job_id, self.object, stage, 100 * fraction, message)
+            self._last_log = now
+        self._stage = stage
+        try:
+            self.store.update(self.job_id, progress=round(fraction, 4), stage=stage, message=message or stage)
+        except RedisClientError as error:  # progress is best effort; the job goes on without Redis
+            log.warning("job %s: cannot record progress (%s)", self.job_id, error)
+
+    def should_cancel(self) -> bool:
+        now = time.monotonic()
+        if not self._cancel and now - self._last_cancel_check > 0.5:
+            self._last_cancel_check = now
+            with contextlib.suppress(RedisClientError):  # Redis away: keep training, ask again later
+                self._cancel = self.store.cancel_requested(self.job_id)
+        return self._cancel
+
+    def _heartbeat(self) -> None:
+        while not self._stop_heartbeat.wait(HEARTBEAT_INTERVAL_S):
+            try:
+                self.redis.hset(self.store.key(self.job_id), "heartbeat_at", time.time())
+                if self._holds_lock:
+                    self.lock.refresh()
+            except RedisClientError as error:
+                log.warning("job %s: heartbeat failed (%s)", self.job_id, error)
+
+    # ---------------------------------------------------------------------------- the steps
+
+    def execute(self) -> dict[str, Any]:
+        self.store.update(
+            self.job_id,
+            status="running",
+            started_at=self.started,
+            progress=0.0,
+            stage="waiting",
+            message="waiting for earlier jobs on the model lineage",
+        )
+        heartbeat = threading.Thread(target=self._heartbeat, name="job-heartbeat", daemon=True)
+        heartbeat.start()
+        try:
+            self._acquire_lineage()
+            try:
+                return self._run_step()
+            finally:
+                self._release_lineage()
+        except JobCancelled as error:
+            return self._finish("canceled", f"canceled {error}; the active model is unchanged")
+        except IumadError as error:
+            return self._finish("failed", str(error))
+        except Exception as error:
+            log.exception("job %s failed", self.job_id)
+            self._finish("failed", f"internal error: {type(error).__name__}: {error}")
+            raise
+        finally:
+            self._stop_heartbeat.set()
+
+    def _acquire_lineage(self) -> None:
+        waited = time.perf_counter()
+        while not self.lock.try_acquire():
+            holder = self.lock.holder()
+            if holder is not None and holder != self.job_id:
+                record = self.store.get(holder)  # reading reconciles: a silent holder is marked failed
+                if record is None or record.finished:
+                    log.warning(
+                        "job %s: taking over the lineage lock of finished job %s", self.job_id, holder
+                    )
+                    self.lock.break_if_held_by(holder)
+                    continue
+            if self.should_cancel():
+                raise JobCancelled("while waiting for earlier jobs")
+            time.sleep(0.5)
+        self._holds_lock = True
+        self.timings["wait_s"] = round(time.perf_counter() - waited, 2)
+
+    def _release_lineage(self) -> None:
+        self._holds_lock = False
+        try:
+            self.lock.release()
+        except RedisClientError as error:
+            log.warning(
+                "job %s: cannot release the lineage lock (%s); it expires by itself", self.job_id, error
+            )
+
+    def _finish(self, status: str, message: str, **fields: Any) -> dict[str, Any]:
+        self.timings["total_s"] = round(time.time() - self.started, 2)
+        log.info("job %s (%s): %s: %s", self.job_id, self.object, status, message)
+        if status == "succeeded":
+            fields["progress"] = 1.0
+        self.store.finish(self.job_id, status, message, stage=status, timings=self.timings, **fields)
+        if status in ("failed", "canceled"):  # no version uses these samples: free the disk
+            object_name, _, enrolment_id = str(self.spec["enrolment"]).partition("/")
+            discard_enrolment(self.settings.samples_dir, object_name, enrolment_id)
+        return {"status": status, "message": message, **{k: v for k, v in fields.items() if k == "version"}}
+
+    def _checkpoint(self, stage: str) -> None:
+        if self.should_cancel():
+            raise JobCancelled(f"before {stage}")
+
+    def _run_step(self) -> dict[str, Any]:
+        import torch
+
+        from model.checkpoint import new_version_id, save_version
+        from model.inference import InspectionModel, feature_extractor_for
+        from model.network.config import ModelConfig
+        from model.training.trainer import (
+            ObjectSamples,
+            TrainingCancelled,
+            TrainingOptions,
+            extract_features,
+            train_version,
+        )
+        from workers.forgetting_guard import run_forgetting_guard
+
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
+        settings = self.settings
+        started = time.perf_counter()
+        self.report(0.01, "loading", "loading the active version and the stored samples")
+        active = self.registry.active()
+        parent = InspectionModel.load(self.registry.version_dir(active.version)) if active else None
+        enrolment = load_enrolment(settings.samples_dir / self.spec["enrolment"])
+        lineage = dict(parent.manifest.training.get("samples", {})) if parent is not None else {}
+        replacing = parent is not None and self.object in parent.by_name
+        if replacing and not self.spec.get("replace"):
+            raise ConflictError(
+                f"object {self.object!r} is already enrolled in {parent.version}; "
+                "enrol again with replace=true to retrain it"
+            )
+        lineage[self.object] = self.spec["enrolment"]
+        target_frr = float(self.spec.get("target_false_reject_rate", 0.01))
+        new = ObjectSamples(
+            self.object,
+            [sample_source(p) for p in enrolment.train],
+            [sample_source(p) for p in enrolment.holdout],
+            target_frr,
+        )
+        old_enrolments = self._old_enrolments(parent, lineage)
+        if replacing:  # a rebuild: one base step over every object's stored samples
+            assert parent is not None
+            missing = [name for name in parent.by_name if name != self.object and name not in old_enrolments]
+            if missing:
+                raise InputError(
+                    f"cannot replace {self.object!r}: objects {missing} have no stored samples "
+                    "to rebuild the model from"
+                )
+            new_objects = [
+                self._samples_of(old_enrolments[name], parent.object(name).target_false_reject_rate)
+                for name in parent.by_name
+                if name != self.object
+            ] + [new]
+            train_parent, config = None, parent.config
+        else:
+            new_objects = [new]
+            train_parent = parent
+            config = (
+                parent.config
+                if parent is not None
+                else ModelConfig(
+                    backbone=settings.backbone, image_size=settings.image_size, **settings.network_config
+                )
+            )
+        self.timings["load_s"] = round(time.perf_counter() - started, 2)
+        self._checkpoint("training")
+
+        retained = {}
+        if train_parent is not None:
+            extractor = feature_extractor_for(config)
+            for name, stored in old_enrolments.items():
+                if stored.holdout and name in train_parent.by_name:
+                    retained[name] = extract_features(
+                        [sample_source(p) for p in stored.holdout],
+                        extractor,
+                        config.image_size,
+                        should_cancel=self.should_cancel,
+                    )
+        remaining = max(5.0, self.deadline - time.time())
+        options = TrainingOptions(max_seconds=remaining * TRAINING_SHARE, seed=0)
+        if settings.train_epochs is not None:
+            options.epochs = settings.train_epochs
+        version = new_version_id()
+        try:
+            result = train_version(
+                new_objects,
+                parent=train_parent,
+                config=config,
+                options=options,
+                retained_holdouts=retained,
+                progress=lambda fraction, stage, details: self.report(
+                    0.05 + 0.75 * fraction, stage, _describe(stage, details)
+                ),
+                should_cancel=self.should_cancel,
+                version=version,
+            )
+            self.timings.update(result.manifest.training.get("timings", {}))
+            self._checkpoint("the forgetting guard")
+            candidate = InspectionModel(result.net, result.manifest)
+            guard = None
+            if parent is not None:
+                started = time.perf_counter()
+                guard_samples = {name: _guard_sources(stored) for name, stored in old_enrolments.items()}
+                guard = run_forgetting_guard(
+                    parent,
+                    candidate,
+                    guard_samples,
+                    settings.forgetting_margin,
+                    progress=lambda fraction, name: self.report(
+                        0.8 + 0.15 * fraction, "forgetting_guard", f"checked {name}"
+                    ),
+                    should_cancel=self.should_cancel,
+                )
+                self.timings["guard_s"] = round(time.perf_counter() - started, 2)
+                log.info("job %s: %s", self.job_id, guard.summary())
+        except TrainingCancelled as error:
+            raise JobCancelled(str(error).removeprefix("canceled ")) from error
+        self._checkpoint("saving")
+
+        self.report(0.96, "saving", f"writing version {version}")
+        started = time.perf_counter()
+        manifest = result.manifest
+        manifest.training["samples"] = lineage
+        manifest.training["job_id"] = self.job_id
+        if replacing:
+            manifest.training["kind"] = "rebuild"
+            manifest.parent = parent.version if parent is not None else None
+        if guard is not None:
+            manifest.metrics["forgetting_guard"] = guard.to_dict()
+        save_version(result.net, manifest, settings.models_dir / version)
+        self.timings["save_s"] = round(time.perf_counter() - started, 2)
+        metrics = _job_metrics(manifest, self.object)
+        guard_dict = guard.to_dict() if guard is not None else {"passed": True, "summary": "first enrolment"}
+        common = {
+            "version": version,
+            "parent": parent.version if parent else None,
+            "metrics": metrics,
+            "guard": guard_dict,
+        }
+        if guard is not None and not guard.passed:
+            return self._finish(
+                "needs_review",
+                f"{guard.summary()}; candidate {version} saved but not "
+                f"activated: review it, then POST /models/{version}/activate to accept it",
+                **common,
+            )
+        record = self.store.get(self.job_id, reconcile=False)
+        if (
+            record is None or record.finished
+        ):  # e.g. marked failed while Redis was away: do not surprise anyone
+            log.warning(
+                "job %s ended (%s) while it ran; version %s saved but not activated",
+                self.job_id,
+                record.status if record else "record lost",
+                version,
+            )
+            return {"status": record.status if record else "unknown", "version": version}
+        self.report(0.98, "activating", f"activating {version}")
+        started = time.perf_counter()
+        try:
+            self.registry.activate(
+                version,
+                expected_sequence=active.sequence if active else 0,
+                reason=f"enrolled {self.object} (job {self.job_id})",
+            )
+        except StaleActivationError:
+            now_active = self.registry.active()
+            return self._finish(
+                "needs_review",
+                (
+                    f"the active model changed while this job ran (now {now_active.version if now_active else 'none'}); "
+                    f"candidate {version} saved but not activated: POST /models/{version}/activate to use it"
+                ),
+                **common,
+            )
+        self.timings["activate_s"] = round(time.perf_counter() - started, 2)
+        return self._finish("succeeded", f"{self.object!r} enrolled; version {version} is active", **common)
+
+    def _old_enrolments(self, parent: Any, lineage: dict[str, str]) -> dict[str, StoredEnrolment]:
+        if parent is None:
+            return {}
+        stored = {}
+        for name in parent.by_name:
+            if name == self.object or name not in lineage:
+                continue
+            try:
+                stored[name] = load_enrolment(self.settings.samples_dir / lineage[name])
+            except InputError as error:
+                log.warning("job %s: stored samples of %r unavailable (%s)", self.job_id, name, error)
+        return stored
+
+    @staticmethod
+    def _samples_of(stored: StoredEnrolment, target_frr: float) -> Any:
+        from model.training.trainer import ObjectSamples
+
+        return ObjectSamples(
+            stored.object,
+            [sample_source(p) for p in stored.train],
+            [sample_source(p) for p in stored.holdout],
+            target_frr,
+        )
+
+
+def _guard_sources(stored: StoredEnrolment) -> tuple[list[Callable], str]:
+    if stored.holdout:
+        return [sample_source(pair) for pair in stored.holdout], "holdout"
+    return [sample_source(pair) for pair in stored.train], "train"
+
+
+def _describe(stage: str, details: dict[str, Any]) -> str:
+    if stage == "features" and details:
+        return f"backbone features {details.get('samples')}/{details.get('of')}"
+    if stage == "training" and details:
+        return f"step {details.get('step')}/{details.get('steps')}, loss {details.get('loss', 0.0):.4f}"
+    return stage
+
+
+def _job_metrics(manifest: Any, object_name: str) -> dict[str, Any]:
+    record = manifest.object(object_name)
+    curve = manifest.training.get("curve") or []
+    return {
+        "object": asdict(record),
+        "objects": [r.name for r in manifest.objects],
+        "training_steps": manifest.training.get("steps"),
+        "final_loss": curve[-1]["loss"] if curve else None,
+    }
+
+
+def enroll_object(spec: dict[str, Any]) -> dict[str, Any]:
+    """rq entry point. `spec`: object, enrolment (path under samples_dir), replace, options."""
+    from rq import get_current_job
+
+    die_with_parent()
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("enroll_object must run inside an rq worker")
+    return EnrolmentRun(get_settings(), job.connection, job.id, spec).execute()
+
+
+def remove_stale_staging(models_dir: Path) -> list[Path]:
+    """Delete `.tmp-*` version directories left by a killed writer (call only while holding no job)."""
+    import shutil
+
+    removed = []
+    if models_dir.is_dir():
+        for path in models_dir.glob(".tmp-*"):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
