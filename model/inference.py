@@ -26,21 +26,24 @@ from model.network.config import ModelConfig
 from model.network.feature_extractor import MultiScaleFeatures
 from model.network.iumad import IUMADNet
 
-_BACKBONES: dict[tuple[str, str | None], FrozenBackbone] = {}
+_BACKBONES: dict[tuple[str, str | None, str], FrozenBackbone] = {}
 _BACKBONES_LOCK = threading.Lock()
 
 
-def shared_backbone(name: str, weights: Path | None = None) -> FrozenBackbone:
-    """One frozen backbone per (name, weights) per process."""
-    key = (name, str(weights) if weights else None)
+def shared_backbone(name: str, weights: Path | None = None, device: str = "cpu") -> FrozenBackbone:
+    """One frozen backbone per (name, weights, device) per process: versions share it, and a version
+    on another device never moves the one a serving version uses."""
+    key = (name, str(weights) if weights else None, str(torch.device(device)))
     with _BACKBONES_LOCK:
         if key not in _BACKBONES:
-            _BACKBONES[key] = FrozenBackbone(name, weights)
+            _BACKBONES[key] = FrozenBackbone(name, weights).to(device)
         return _BACKBONES[key]
 
 
-def feature_extractor_for(config: ModelConfig, weights: Path | None = None) -> MultiScaleFeatures:
-    return MultiScaleFeatures(shared_backbone(config.backbone, weights), config.feature_strides)
+def feature_extractor_for(
+    config: ModelConfig, weights: Path | None = None, device: str = "cpu"
+) -> MultiScaleFeatures:
+    return MultiScaleFeatures(shared_backbone(config.backbone, weights, device), config.feature_strides)
 
 
 @dataclass
@@ -103,7 +106,7 @@ class InspectionModel:
         self.net = net.to(self.device).eval()
         self.manifest = manifest
         self.config = manifest.config
-        self.features = feature_extractor_for(self.config, backbone_weights).to(self.device)
+        self.features = feature_extractor_for(self.config, backbone_weights, str(self.device))
         self.by_name = {record.name: record for record in manifest.objects}
         self.by_label = {record.label: record for record in manifest.objects}
 

@@ -67,3 +67,25 @@ def test_export_command_reports_parity_and_refuses_bad_input(exported, tmp_path,
     assert '"max_abs_map"' in capsys.readouterr().out
     assert main(["export", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "x.onnx")]) == 2
     assert main(["export", "--model", str(directory), "--out", str(tmp_path / "x.txt")]) == 2
+
+
+def test_gateway_runtime_serves_from_onnxruntime_and_hot_swaps(exported, tmp_path):
+    from service.runtime import ModelRuntime
+
+    trained, model, path = exported
+    first = save_version(trained.net, trained.manifest, tmp_path / "v1", extra_files={ONNX_FILE: path})
+    runtime = ModelRuntime(backend="onnxruntime", max_batch_wait_ms=1)
+    runtime.start()
+    try:
+        runtime.load_and_swap(first)
+        assert isinstance(runtime.model, OnnxInspectionModel)
+        item = _parts()[1]
+        result = runtime.submit(item, runtime.prepare(item)).result(timeout=60)
+        expected = model.predict([item])[0]
+        assert result.prediction.raw_score == pytest.approx(expected.raw_score, abs=1e-4)
+        bare = save_version(trained.net, trained.manifest, tmp_path / "bare")
+        with pytest.raises(CheckpointError):
+            runtime.load_and_swap(bare)  # no model.onnx: refused, the old version keeps serving
+        assert runtime.version == trained.manifest.version and isinstance(runtime.model, OnnxInspectionModel)
+    finally:
+        runtime.close()

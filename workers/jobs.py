@@ -16,6 +16,7 @@ import ctypes
 import logging
 import os
 import signal
+import tempfile
 import threading
 import time
 import uuid
@@ -359,7 +360,15 @@ class EnrolmentRun:
             manifest.parent = parent.version if parent is not None else None
         if guard is not None:
             manifest.metrics["forgetting_guard"] = guard.to_dict()
-        save_version(result.net, manifest, settings.models_dir / version)
+        with tempfile.TemporaryDirectory() as scratch:
+            extra_files = {}
+            if settings.inference_backend == "onnxruntime":  # gateways never export on the hot path
+                from model.checkpoint import ONNX_FILE
+                from model.export import export_onnx
+
+                self.report(0.96, "saving", f"exporting version {version} to ONNX")
+                extra_files[ONNX_FILE] = export_onnx(candidate, Path(scratch) / ONNX_FILE)
+            save_version(result.net, manifest, settings.models_dir / version, extra_files=extra_files)
         self.timings["save_s"] = round(time.perf_counter() - started, 2)
         metrics = _job_metrics(manifest, self.object)
         guard_dict = guard.to_dict() if guard is not None else {"passed": True, "summary": "first enrolment"}
