@@ -54,6 +54,44 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     return y.to(dtype)
 
 
+def _states_in_place(decay: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
+    """All states h_t = decay_t * h_{t-1} + drive_t, written into one (L, B, D, N) buffer."""
+    states = torch.empty_like(drive)
+    state = torch.zeros_like(drive[0])
+    for t in range(drive.shape[0]):
+        state = torch.addcmul(drive[t], decay[t], state, out=states[t])
+    return states
+
+
+class LinearRecurrence(torch.autograd.Function):
+    """`y_t = <h_t, c_t>` with `h_t = a_t h_{t-1} + b_t`, time-major, with a hand-written backward.
+
+    Autograd through the time loop recorded ~4 ops per step and concatenated step gradients; the
+    backward here is one reverse loop over preallocated buffers (`dh_t = c_t dy_t + a_{t+1} dh_{t+1}`),
+    which roughly halves a CPU training step.
+    """
+
+    @staticmethod
+    def forward(ctx, decay: torch.Tensor, drive: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:
+        states = _states_in_place(decay, drive)
+        ctx.save_for_backward(decay, states, readout)
+        return torch.matmul(states, readout)  # (L, B, D, 1)
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        decay, states, readout = ctx.saved_tensors
+        direct = torch.matmul(grad_y, readout.transpose(-1, -2))  # (L, B, D, N): d loss / d h_t via y_t
+        grad_states = torch.empty_like(states)
+        carry = direct[-1]
+        grad_states[-1] = carry
+        for t in range(states.shape[0] - 2, -1, -1):
+            carry = torch.addcmul(direct[t], decay[t + 1], carry, out=grad_states[t])
+        grad_decay = torch.zeros_like(states)
+        torch.mul(grad_states[1:], states[:-1], out=grad_decay[1:])
+        grad_readout = torch.matmul(states.transpose(-1, -2), grad_y)  # (L, B, N, 1)
+        return grad_decay, grad_states, grad_readout
+
+
 def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     delta = _prepare_delta(delta, delta_bias, delta_softplus)
     # Time-major and contiguous per step: decay and drive are (L, B, D, N), C is (L, B, N, 1).
@@ -61,22 +99,19 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     decay = torch.exp(delta_t.unsqueeze(-1) * A)
     drive = (delta_t * u.permute(2, 0, 1)).unsqueeze(-1) * B.permute(2, 0, 1).contiguous().unsqueeze(2)
     readout = C.permute(2, 0, 1).contiguous().unsqueeze(-1)
-    if torch.jit.is_tracing() or torch.is_grad_enabled():
-        # Out-of-place steps: autograd and the ONNX exporter both need each state as its own value.
-        # `unbind` rather than `decay[t]`: indexing's backward would zero-fill and add a full-size
-        # gradient per step (quadratic in L); unbind's backward stacks the step gradients once.
+    if torch.jit.is_tracing():
+        # The ONNX exporter needs every step as its own value (the loop unrolls for a fixed grid).
         states = []
         state = torch.zeros_like(drive[0])
         for step_decay, step_drive in zip(decay.unbind(0), drive.unbind(0), strict=True):
             state = torch.addcmul(step_drive, step_decay, state)
             states.append(state)
-        stacked = torch.stack(states)
-    else:  # inference: write every state into one buffer, then read all of them out in one matmul
-        stacked = torch.empty_like(drive)
-        state = torch.zeros_like(drive[0])
-        for t in range(drive.shape[0]):
-            state = torch.addcmul(drive[t], decay[t], state, out=stacked[t])
-    y = torch.matmul(stacked, readout).squeeze(-1).permute(1, 2, 0)  # (L, B, D) -> (B, D, L)
+        y = torch.matmul(torch.stack(states), readout)
+    elif torch.is_grad_enabled():
+        y = LinearRecurrence.apply(decay, drive, readout)
+    else:  # inference: one buffer, then one matmul reads every state out
+        y = torch.matmul(_states_in_place(decay, drive), readout)
+    y = y.squeeze(-1).permute(1, 2, 0)  # (L, B, D) -> (B, D, L)
     if D is not None:
         y = y + D[None, :, None] * u
     if z is not None:
