@@ -120,7 +120,7 @@ class OnnxInspectionModel(InspectionModel):
 
     def predict_prepared(self, batch: PreparedBatch, objects) -> list[Prediction]:
         errors, probabilities = self.run_graph(batch)
-        return self.finish(errors, probabilities, batch.has_rgb, batch.has_depth, objects)
+        return self.finish(errors, probabilities, batch, objects)
 
 
 def load_serving_model(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from model.backbone import FrozenBackbone
 from model.checkpoint import Manifest, ObjectRecord, load_version
@@ -72,11 +73,36 @@ class PreparedBatch:
     depth: torch.Tensor  # (B, 3, S, S) in [0, 1]; zeros where missing
     has_rgb: torch.Tensor  # (B,) bool
     has_depth: torch.Tensor  # (B,) bool
+    depth_valid: torch.Tensor  # (B, S/16, S/16): fraction of each token's pixels with a depth measurement
+
+    @classmethod
+    def concat(cls, parts: Sequence[PreparedBatch]) -> PreparedBatch:
+        return cls(
+            *(
+                torch.cat([getattr(p, name) for p in parts])
+                for name in ("rgb", "depth", "has_rgb", "has_depth", "depth_valid")
+            )
+        )
+
+    def modality_weights(self) -> torch.Tensor:
+        """(B, 2, h, w) per-token weight of each modality in the anomaly map: depth counts only where
+        the sensor measured it (hole-filled depth is a guess, and real sensors leave many holes)."""
+        rgb = self.has_rgb.float()[:, None, None].expand_as(self.depth_valid)
+        depth = self.depth_valid * self.has_depth.float()[:, None, None]
+        return torch.stack([rgb, depth], dim=1)
+
+
+def depth_validity(depth: np.ndarray, image_size: int) -> torch.Tensor:
+    """Fraction of valid depth pixels per token of the stride-16 grid (area average of the mask)."""
+    grid = image_size // 16
+    mask = torch.from_numpy(np.isfinite(depth).astype(np.float32))[None, None]
+    return F.interpolate(mask, size=(grid, grid), mode="area")[0, 0]
 
 
 def prepare_inputs(items: Sequence[InspectionInput], image_size: int) -> PreparedBatch:
     """Decode-side work (pure numpy); runs in the gateway's thread pool, not the inference thread."""
-    rgb, depth, has_depth = [], [], []
+    rgb, depth, has_depth, valid = [], [], [], []
+    grid = image_size // 16
     for index, item in enumerate(items):
         if item.rgb.ndim != 3 or item.rgb.shape[2] != 3:
             raise InputError(f"item {index}: rgb must be (H, W, 3), got shape {item.rgb.shape}")
@@ -85,14 +111,17 @@ def prepare_inputs(items: Sequence[InspectionInput], image_size: int) -> Prepare
         if item.depth is None:
             depth.append(torch.zeros(3, image_size, image_size))
             has_depth.append(False)
+            valid.append(torch.zeros(grid, grid))
         else:
             depth.append(torch.from_numpy(prepare_depth(item.depth, image_size)))
             has_depth.append(True)
+            valid.append(depth_validity(item.depth, image_size))
     return PreparedBatch(
         torch.stack(rgb),
         torch.stack(depth),
         torch.ones(len(items), dtype=torch.bool),
         torch.tensor(has_depth, dtype=torch.bool),
+        torch.stack(valid),
     )
 
 
@@ -158,15 +187,14 @@ class InspectionModel:
     def predict_prepared(self, batch: PreparedBatch, objects: Sequence[str | None]) -> list[Prediction]:
         rgb_features, depth_features = self.extract(batch)
         errors, probabilities = self.errors(rgb_features, depth_features, batch.has_rgb, batch.has_depth)
-        return self.finish(errors.cpu(), probabilities.cpu(), batch.has_rgb, batch.has_depth, objects)
+        return self.finish(errors.cpu(), probabilities.cpu(), batch, objects)
 
     @torch.inference_mode()
     def finish(
         self,
         errors: torch.Tensor,
         probabilities: torch.Tensor,
-        has_rgb: torch.Tensor,
-        has_depth: torch.Tensor,
+        batch: PreparedBatch,
         objects: Sequence[str | None],
     ) -> list[Prediction]:
         """Object choice, per-object normalisation, anomaly map and score (shared by every backend)."""
@@ -179,7 +207,7 @@ class InspectionModel:
             records.append(record)
             sources.append("given" if name is not None else "predicted")
             confidences.append(float(probabilities[index, record.label]))
-        present = torch.stack([has_rgb, has_depth], dim=1).clone()
+        present = torch.stack([batch.has_rgb, batch.has_depth], dim=1).clone()
         for index, record in enumerate(records):  # use only the modalities the object was enrolled with
             present[index, 0] &= "rgb" in record.modalities
             present[index, 1] &= "depth" in record.modalities
@@ -190,9 +218,10 @@ class InspectionModel:
                 )
         mean = torch.tensor([record.norm_mean for record in records], dtype=errors.dtype)
         std = torch.tensor([record.norm_std for record in records], dtype=errors.dtype)
+        weights = batch.modality_weights() * present[:, :, None, None].to(errors.dtype)
         maps, scores = anomaly_maps(
             errors,
-            present,
+            weights,
             mean,
             std,
             self.config.image_size,

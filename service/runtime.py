@@ -446,10 +446,5 @@ class ModelRuntime:
             job.prepared if job.prepared.rgb.shape[-1] == size else prepare_inputs([job.item], size)
             for job in jobs
         ]  # re-prepare only after a swap to a model with another input size
-        batch = PreparedBatch(
-            torch.cat([p.rgb for p in parts]),
-            torch.cat([p.depth for p in parts]),
-            torch.cat([p.has_rgb for p in parts]),
-            torch.cat([p.has_depth for p in parts]),
-        )
+        batch = PreparedBatch.concat(parts)
         return model.predict_prepared(batch, [job.item.object for job in jobs])

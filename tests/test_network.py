@@ -107,3 +107,21 @@ def test_config_round_trip_rejects_unknown_keys():
     with pytest.raises(ValueError, match="fusion"):
         ModelConfig.from_dict({**config.to_dict(), "fusion": "multiply"})
     assert dataclasses.replace(config, hidden_size=8).hidden_size == 8
+
+
+def test_depth_counts_only_where_the_sensor_measured_it():
+    import numpy as np
+
+    from model.inference import depth_validity
+    from model.network.anomaly_map import combine_modalities
+
+    errors = torch.tensor([[[[4.0, 4.0]], [[100.0, 100.0]]]])  # (1, 2, 1, 2): rgb, depth
+    mean, std = torch.zeros(1, 2), torch.ones(1, 2)
+    weights = torch.tensor([[[[1.0, 1.0]], [[1.0, 0.0]]]])  # the second token's depth is a hole
+    combined = combine_modalities(errors, weights, mean, std)
+    torch.testing.assert_close(combined, torch.tensor([[[52.0, 4.0]]]))
+    no_modality = combine_modalities(errors, torch.zeros_like(weights), mean, std)
+    assert torch.all(no_modality == 0)
+    depth = np.full((32, 32), 0.5, np.float32)
+    depth[:16, :16] = np.nan
+    torch.testing.assert_close(depth_validity(depth, 32), torch.tensor([[0.0, 1.0], [1.0, 1.0]]))

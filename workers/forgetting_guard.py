@@ -163,9 +163,7 @@ def _scores(
                 errors, probabilities = model.errors(
                     rgb_features, depth_features, batch.has_rgb, batch.has_depth
                 )
-                predictions = model.finish(
-                    errors.cpu(), probabilities.cpu(), batch.has_rgb, batch.has_depth, objects
-                )
+                predictions = model.finish(errors.cpu(), probabilities.cpu(), batch, objects)
                 scores[slot].extend(prediction.raw_score for prediction in predictions)
         else:
             for slot, model in enumerate(models):

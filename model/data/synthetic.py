@@ -246,11 +246,41 @@ def _surface_albedo(kind: str, style: ObjectStyle, p, q, rng, size: int, variant
     return colour[None, None] * shade[..., None]
 
 
-def _table_albedo(style: ObjectStyle, rng, size: int) -> np.ndarray:
-    colour = np.array(style.table, np.float32) * (1.0 + rng.normal(0.0, 0.02, 3)).astype(np.float32)
-    texture = 1.0 + 0.04 * smooth_noise(rng, size, 4) + 0.025 * smooth_noise(rng, size, max(8, size // 2))
-    specks = smoothstep((smooth_noise(rng, size, max(8, size // 6)) - 2.3) / 0.4)  # dust
-    return colour[None, None] * (texture * (1.0 - 0.25 * specks))[..., None]
+@dataclass(frozen=True)
+class Station:
+    """What stays fixed at one inspection station (one object type): the table, its pose under the
+    camera, the lamp, and the table areas the depth sensor cannot measure. Images vary around it."""
+
+    table_albedo: np.ndarray  # HxWx3
+    table_z: float
+    tilt: tuple[float, float]  # metres of height change across the image, along u and v
+    light: tuple[float, float]
+    ambient: float
+    unmeasurable: np.ndarray  # HxW noise; its top quantile is where the table never gives depth
+    unmeasurable_fraction: float
+
+
+@lru_cache(maxsize=32)
+def station_for(seed: int, object_name: str, size: int) -> Station:
+    rng = image_rng(seed, object_name, "station", 0, "station")
+    kind, _ = _base_type(object_name)
+    colour = np.array(OBJECTS[kind].table, np.float32) * (1.0 + rng.normal(0.0, 0.03, 3)).astype(np.float32)
+    texture = 1.0 + 0.05 * smooth_noise(rng, size, 4) + 0.03 * smooth_noise(rng, size, max(8, size // 2))
+    return Station(
+        table_albedo=(colour[None, None] * texture[..., None]).astype(np.float32),
+        table_z=TABLE_Z + rng.normal(0.0, 0.01),
+        tilt=tuple(rng.normal(0.0, 0.003, 2)),
+        light=(rng.normal(-0.25, 0.1), rng.normal(-0.35, 0.1)),
+        ambient=rng.uniform(0.32, 0.42),
+        unmeasurable=smooth_noise(rng, size, max(6, size // 16)),
+        unmeasurable_fraction=rng.uniform(0.02, 0.2),
+    )
+
+
+def _table_albedo(station: Station, rng, size: int) -> np.ndarray:
+    """The station's table with this capture's dust: a few faint specks in new places every time."""
+    specks = smoothstep((smooth_noise(rng, size, max(8, size // 6)) - 2.6) / 0.4)
+    return station.table_albedo * (1.0 - 0.08 * specks)[..., None]
 
 
 # ------------------------------------------------------------------------------------------ defects
@@ -305,16 +335,16 @@ def apply_defect(scene: Scene, kind: str, rng: np.random.Generator, size: int) -
     scale = size / 224.0  # defect sizes are given in pixels at 224, with a floor for tiny images
     on_object = scene.coverage > 0.5
     if kind in ("dent", "bump"):
-        radius = max(3.0, rng.uniform(6.0, 11.0) * scale)
+        radius = max(3.0, rng.uniform(7.0, 13.0) * scale)
         centre = _pick_point(_interior(scene, radius * 0.6), rng)
         profile = np.clip(1.0 - (_radius_field(size, centre) / radius) ** 2, 0.0, 1.0) ** 2
-        amplitude = rng.uniform(0.0012, 0.0022) * (1 if kind == "bump" else -1)
+        amplitude = rng.uniform(0.002, 0.0035) * (1 if kind == "bump" else -1)
         relief = amplitude * profile * scene.coverage
         scene.height += relief
         scene.hidden_relief += 0.85 * relief  # a shallow, smooth deformation: the camera barely sees it
         return (profile >= 0.1) & on_object
     if kind == "contamination":
-        radius = max(2.5, rng.uniform(4.0, 9.0) * scale)
+        radius = max(2.5, rng.uniform(5.0, 10.0) * scale)
         centre = _pick_point(_interior(scene, radius), rng)
         wobble = smooth_noise(rng, size, max(8, size // 6))
         blob = (_radius_field(size, centre) / radius + 0.25 * wobble) < 1.0
@@ -324,25 +354,25 @@ def apply_defect(scene: Scene, kind: str, rng: np.random.Generator, size: int) -
             [[0.25, 0.17, 0.10], [0.92, 0.90, 0.86], [0.62, 0.30, 0.12], [0.20, 0.25, 0.55]], np.float32
         )
         stain = stains[rng.integers(len(stains))]
-        alpha = rng.uniform(0.35, 0.6)
+        alpha = rng.uniform(0.4, 0.65)
         scene.albedo[mask] = (1 - alpha) * scene.albedo[mask] + alpha * stain
         return mask
     if kind == "crack":
-        length = max(8.0, rng.uniform(12.0, 22.0) * scale)
+        length = max(8.0, rng.uniform(16.0, 28.0) * scale)
         start = _pick_point(_interior(scene, length / 2), rng)
-        mask = _crack_path(size, start, length, max(1.0, 1.5 * scale), rng) & on_object
-        scene.height[mask] -= rng.uniform(0.0008, 0.0016)
-        scene.albedo[mask] *= rng.uniform(0.45, 0.65)
+        mask = _crack_path(size, start, length, max(1.0, 2.0 * scale), rng) & on_object
+        scene.height[mask] -= rng.uniform(0.001, 0.002)
+        scene.albedo[mask] *= rng.uniform(0.4, 0.6)
         return mask
     if kind == "hole":
-        radius = max(1.5, rng.uniform(2.5, 4.5) * scale)
+        radius = max(1.5, rng.uniform(3.0, 5.5) * scale)
         centre = _pick_point(_interior(scene, radius + 2), rng)
         mask = (_radius_field(size, centre) <= radius) & on_object
         scene.height[mask] = 0.0  # through the part: the camera sees the table at the bottom
         scene.albedo[mask] = scene.table_albedo[mask] * 0.35  # in the shadow of the walls
         return mask
     if kind == "cut":
-        radius = max(3.0, rng.uniform(5.0, 9.0) * scale)
+        radius = max(3.0, rng.uniform(6.0, 10.0) * scale)
         edge = (scene.coverage > 0.3) & (scene.coverage < 0.7)
         centre = _pick_point(edge, rng)
         notch = np.clip(_radius_field(size, centre) - radius + 0.5, 0.0, 1.0)  # antialiased disc
@@ -377,6 +407,7 @@ def render_image(
     kind, variant = _base_type(object_name)
     style = OBJECTS[kind]
     rng = image_rng(seed, object_name, split, index, "normal")
+    station = station_for(seed, object_name, size)
     scale = size / 224.0
 
     # Pose and proportions.
@@ -402,24 +433,26 @@ def render_image(
         height=height,
         coverage=coverage,
         albedo=_surface_albedo(kind, style, p, q, rng, size, variant).astype(np.float32),
-        table_albedo=_table_albedo(style, rng, size).astype(np.float32),
+        table_albedo=_table_albedo(station, rng, size).astype(np.float32),
         hidden_relief=np.zeros((size, size), np.float32),
     )
 
     # Capture conditions, drawn before the defect so a defective image is its normal twin + defect.
-    light = np.array([rng.normal(-0.25, 0.15), rng.normal(-0.35, 0.15), 1.0])
+    light = np.array(
+        [station.light[0] + rng.normal(0.0, 0.04), station.light[1] + rng.normal(0.0, 0.04), 1.0]
+    )
     light /= np.linalg.norm(light)
-    ambient, exposure = rng.uniform(0.32, 0.42), rng.uniform(0.9, 1.1)
-    white_balance = rng.uniform(0.97, 1.03, 3).astype(np.float32)
-    table_z = TABLE_Z + rng.normal(0.0, 0.004)
-    tilt = rng.normal(0.0, 0.003, 2)
+    ambient, exposure = station.ambient, rng.uniform(0.96, 1.04)
+    white_balance = rng.uniform(0.99, 1.01, 3).astype(np.float32)
+    table_z = station.table_z + rng.normal(0.0, 0.0005)
+    tilt = np.array(station.tilt) + rng.normal(0.0, 0.0003, 2)
     rgb_noise = rng.normal(0.0, 0.012, (size, size, 3)).astype(np.float32)
     depth_noise = rng.normal(0.0, 0.00012, (size, size)).astype(np.float32) + 0.00015 * smooth_noise(
         rng, size, 6
     )
     dropout_noise = smooth_noise(rng, size, max(6, size // 16))
     speckle_noise = smooth_noise(rng, size, max(8, size // 6))
-    background_dropout = rng.uniform(0.02, 0.3)
+    background_dropout = rng.uniform(0.0, 0.03)
     edge_threshold, edge_keep = rng.uniform(0.8, 1.6), rng.uniform(0.6, 0.95)
     edge_pick = rng.random((size, size))
     projector_shift = max(1, int(round(rng.uniform(2.0, 5.0) * scale)))
@@ -458,7 +491,8 @@ def render_image(
     projector_shadow = _shifted(raised.astype(np.float32), 0, projector_shift) > 0.5
     projector_shadow &= ~raised
     on_table = scene.coverage < 0.5
-    table_blobs = on_table & (dropout_noise > np.quantile(dropout_noise, 1.0 - background_dropout))
+    fixed = station.unmeasurable > np.quantile(station.unmeasurable, 1.0 - station.unmeasurable_fraction)
+    table_blobs = on_table & (fixed | (dropout_noise > np.quantile(dropout_noise, 1.0 - background_dropout)))
     dark = (albedo.mean(axis=-1) < 0.16) & (speckle_noise > 1.5)
     invalid = steep | projector_shadow | table_blobs | dark | (specular > 0.25)
 

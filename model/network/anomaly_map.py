@@ -33,17 +33,18 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def combine_modalities(
-    errors: torch.Tensor, present: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+    errors: torch.Tensor, weights: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
 ) -> torch.Tensor:
-    """errors (B, 2, h, w), present (B, 2) 0/1, mean/std (B, 2) per object -> (B, h, w)."""
+    """errors (B, 2, h, w), per-token modality weights (B, 2, h, w) in [0, 1], mean/std (B, 2) of
+    the object -> (B, h, w): the weighted mean of the normalised errors (0 where no modality counts)."""
     normalised = (errors - mean[:, :, None, None]) / std[:, :, None, None]
-    weights = present[:, :, None, None].to(errors.dtype)
-    return (normalised * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)
+    total = weights.sum(dim=1)
+    return (normalised * weights).sum(dim=1) / total.clamp_min(1e-6) * (total > 0)
 
 
 def anomaly_maps(
     errors: torch.Tensor,
-    present: torch.Tensor,
+    weights: torch.Tensor,
     mean: torch.Tensor,
     std: torch.Tensor,
     image_size: int,
@@ -51,7 +52,7 @@ def anomaly_maps(
     score_pool: int = 16,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-> maps (B, S, S) at network resolution S = image_size, and image scores (B,)."""
-    combined = combine_modalities(errors, present, mean, std)
+    combined = combine_modalities(errors, weights, mean, std)
     maps = F.interpolate(
         combined.unsqueeze(1), size=(image_size, image_size), mode="bilinear", align_corners=False
     ).squeeze(1)

@@ -15,18 +15,21 @@ import torch
 from model.network.anomaly_map import anomaly_maps
 
 
-def error_statistics(errors: torch.Tensor, present: torch.Tensor) -> tuple[list[float], list[float]]:
-    """errors (N, 2, h, w) of normal samples -> per-modality mean and std of token errors."""
+def error_statistics(errors: torch.Tensor, weights: torch.Tensor) -> tuple[list[float], list[float]]:
+    """errors (N, 2, h, w) of normal samples, token weights (N, 2, h, w) -> per-modality weighted mean
+    and std of token errors (tokens without a measurement do not count)."""
     means, stds = [], []
     for modality in range(errors.shape[1]):
-        rows = errors[present[:, modality].bool(), modality]
-        if rows.numel() == 0:
+        weight = weights[:, modality].double().flatten()
+        if float(weight.sum()) <= 0:
             means.append(0.0)
             stds.append(1.0)
             continue
-        values = rows.flatten().double()
-        means.append(float(values.mean()))
-        stds.append(float(max(values.std(unbiased=False).item(), 1e-6)))
+        values = errors[:, modality].double().flatten()
+        mean = float((values * weight).sum() / weight.sum())
+        variance = float((weight * (values - mean) ** 2).sum() / weight.sum())
+        means.append(mean)
+        stds.append(max(variance**0.5, 1e-6))
     return means, stds
 
 
@@ -45,18 +48,18 @@ def threshold_for_false_reject_rate(scores: np.ndarray, target: float) -> float:
 
 def calibrate_object(
     errors: torch.Tensor,
-    present: torch.Tensor,
+    weights: torch.Tensor,
     image_size: int,
     smoothing_sigma: float,
     score_pool: int,
     target_false_reject_rate: float,
 ) -> dict:
     """-> norm_mean, norm_std, threshold and the holdout score summary for one object."""
-    mean, std = error_statistics(errors, present)
+    mean, std = error_statistics(errors, weights)
     count = errors.shape[0]
     _, scores = anomaly_maps(
         errors,
-        present,
+        weights,
         torch.tensor([mean] * count, dtype=errors.dtype),
         torch.tensor([std] * count, dtype=errors.dtype),
         image_size,

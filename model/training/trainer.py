@@ -52,6 +52,7 @@ class FeatureSet:
     rgb: torch.Tensor  # (N, C, h, w)
     depth: torch.Tensor  # (N, C, h, w), zeros where missing
     has_depth: torch.Tensor  # (N,) bool
+    depth_valid: torch.Tensor  # (N, h, w) fraction of measured depth pixels per token
 
     def __len__(self) -> int:
         return self.rgb.shape[0]
@@ -95,7 +96,7 @@ def extract_features(
     on_batch: Callable[[int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> FeatureSet:
-    rgb_parts, depth_parts, has_depth_parts = [], [], []
+    rgb_parts, depth_parts, has_depth_parts, valid_parts = [], [], [], []
     for start in range(0, len(sources), batch_size):
         if should_cancel is not None and should_cancel():
             raise TrainingCancelled("canceled during feature extraction")
@@ -113,11 +114,14 @@ def extract_features(
         rgb_parts.append(rgb_features.clone())
         depth_parts.append(depth_features.clone())
         has_depth_parts.append(batch.has_depth)
+        valid_parts.append(batch.depth_valid)
         if on_batch is not None:
             on_batch(len(items))
     if not rgb_parts:
         raise InputError("no samples to extract features from")
-    return FeatureSet(torch.cat(rgb_parts), torch.cat(depth_parts), torch.cat(has_depth_parts))
+    return FeatureSet(
+        torch.cat(rgb_parts), torch.cat(depth_parts), torch.cat(has_depth_parts), torch.cat(valid_parts)
+    )
 
 
 def _cosine_factor(step: int, total: int, warmup: int) -> float:
@@ -243,8 +247,9 @@ def _errors_for(
                 features.rgb[part], features.depth[part], torch.ones_like(has_depth), has_depth
             )
             errors.append(error)
-    present = torch.stack([torch.ones_like(features.has_depth), features.has_depth], dim=1)
-    return torch.cat(errors), present
+    depth_weight = features.depth_valid * features.has_depth.float()[:, None, None]
+    weights = torch.stack([torch.ones_like(depth_weight), depth_weight], dim=1)
+    return torch.cat(errors), weights
 
 
 def train_version(
@@ -313,6 +318,7 @@ def train_version(
         torch.cat([s.rgb for s in train_sets.values()]),
         torch.cat([s.depth for s in train_sets.values()]),
         torch.cat([s.has_depth for s in train_sets.values()]),
+        torch.cat([s.depth_valid for s in train_sets.values()]),
     )
     labels = torch.cat([torch.full((len(s),), label_of[n], dtype=torch.long) for n, s in train_sets.items()])
     if parent is None:
@@ -343,11 +349,12 @@ def train_version(
     for record in old_records:
         updated = ObjectRecord(**asdict(record))
         if record.name in retained:
-            errors, present = _errors_for(net, retained[record.name])
-            present[:, 1] &= "depth" in record.modalities
+            errors, weights = _errors_for(net, retained[record.name])
+            if "depth" not in record.modalities:
+                weights[:, 1] = 0
             result = calibrate_object(
                 errors,
-                present,
+                weights,
                 config.image_size,
                 config.smoothing_sigma,
                 config.score_pool,
@@ -359,10 +366,10 @@ def train_version(
         records.append(updated)
     for item in new_objects:
         calibration_set = holdout_sets.get(item.name, train_sets[item.name])
-        errors, present = _errors_for(net, calibration_set)
+        errors, weights = _errors_for(net, calibration_set)
         result = calibrate_object(
             errors,
-            present,
+            weights,
             config.image_size,
             config.smoothing_sigma,
             config.score_pool,
