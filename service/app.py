@@ -27,7 +27,7 @@ from service.job_metrics import JobMetrics
 from service.limits import UploadLimitMiddleware
 from service.lineage import connect_redis, make_job_store, make_registry
 from service.request_context import RequestIdMiddleware
-from service.routes import enrollment, health, inspect, jobs, models, objects
+from service.routes import dashboard, enrollment, health, inspect, jobs, models, objects
 from service.runtime import ModelRuntime
 from service.state import ACTIVE_FILE, AppState, find_active_version
 from service.thresholds import open_threshold_store
@@ -40,7 +40,7 @@ RGB + depth anomaly detection for production lines: one unified model for every 
 * **POST /inspect** (multipart: `rgb`, optional `depth`, `object`, `mask`, `return_map`, `threshold`)
   answers `is_anomalous`, `score`, `raw_score`, `threshold`, a defect mask and per-stage timings.
 * **score** = `0.5 + (raw_score - threshold) / (2 * spread)`, `spread` = the object's calibration
-  `score_max - score_median` (at least 1e-6): linear, unbounded (rankings survive), 0.5 at the threshold,
+  `score_max - score_median` (at least 0.5): linear, unbounded (rankings survive), 0.5 at the threshold,
   above 0.5 exactly when the part is anomalous.
 * **mask=rle**: `{"size": [H, W], "counts": [...]}`, row-major runs alternating 0s and 1s, starting
   with 0s. **return_map**: a 16-bit PNG where value v means `min + v / 65535 * (max - min)`.
@@ -139,6 +139,7 @@ def create_app(settings: Settings | None = None, redis: Any | None = None) -> Fa
     app.include_router(health.router)
     app.include_router(enrollment.router)
     app.include_router(jobs.router)
+    app.include_router(dashboard.router)
     # Starlette runs the last added middleware first: request id outermost, so even a 413 carries it.
     app.add_middleware(UploadLimitMiddleware, limits=_upload_limits(settings))
     app.add_middleware(RequestIdMiddleware)

@@ -13,7 +13,7 @@ MaskFormat = Literal["none", "png", "rle"]
 
 SCORE_DESCRIPTION = (
     "The decision score: `0.5 + (raw_score - threshold) / (2 * spread)`, where `spread` is the object's "
-    "calibration `score_max - score_median` on held-out normal parts (at least 1e-6). It is linear and "
+    "calibration `score_max - score_median` on held-out normal parts (at least 0.5). It is linear and "
     "unbounded (never clipped, so rankings of parts survive), equals 0.5 exactly at the threshold, and "
     "is above 0.5 exactly when the part is anomalous. With the calibrated threshold (the highest normal "
     "holdout score on small holdouts), a median normal part scores about 0 and a part as far above the "

@@ -5,7 +5,8 @@ so a ratio like `raw / threshold` would be meaningless. The decision score is in
 
     score = 0.5 + (raw - threshold) / (2 * spread),  spread = calibration score_max - score_median
 
-(at least 1e-6; 1 for an object without a calibration summary). It is strictly increasing in the raw
+(at least 0.5 raw-score units, so a holdout of one or two parts, whose max and median coincide, cannot
+blow scores up to +-1e6; 1 for an object without a calibration summary). It is strictly increasing in the raw
 score and never clipped, so rankings survive, and it is 0.5 exactly at the threshold in force.
 """
 
@@ -16,7 +17,7 @@ from typing import Literal
 from model.checkpoint import ObjectRecord
 from model.errors import ConflictError
 
-MIN_SPREAD = 1e-6
+MIN_SPREAD = 0.5
 
 ThresholdSource = Literal["request", "operator", "calibrated"]
 

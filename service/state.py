@@ -19,6 +19,7 @@ from iumad.settings import Settings
 from model.errors import CheckpointError
 from service.decision_log import DecisionLog
 from service.errors import NotReadyError, ServiceUnavailableError
+from service.recent import RecentInspections
 from service.runtime import ModelRuntime
 from service.thresholds import ThresholdStore
 from workers.job_store import JobStore
@@ -39,6 +40,7 @@ class AppState:
     registry: ModelRegistry | None = None  # the active pointer and versions (Redis + models_dir)
     jobs: JobStore | None = None  # enrolment job records
     background: list[Any] = field(default_factory=list)  # follower and pollers, stopped at shutdown
+    recent: RecentInspections = field(default_factory=RecentInspections)  # the dashboard's live view
 
     @property
     def ready(self) -> bool:

@@ -66,7 +66,7 @@ def test_the_score_is_half_at_the_threshold_linear_and_never_saturates():
 
 
 def test_a_degenerate_or_missing_calibration_still_gives_a_strictly_increasing_score():
-    assert score_spread(record(calibration={"score_median": 1.0, "score_max": 1.0})) == 1e-6
+    assert score_spread(record(calibration={"score_median": 1.0, "score_max": 1.0})) == 0.5
     assert score_spread(record(calibration={})) == 1.0
 
 

@@ -339,4 +339,5 @@ async def _inspect(request: Request, state: AppState, started: float) -> Inspect
         ),
         decoded.files if response.is_anomalous else None,
     )
+    state.recent.capture(state.decode_pool, decoded.item.rgb, result, response)  # the dashboard's Live view
     return response

@@ -1,0 +1,353 @@
+// Objects: the serving model's enrolled objects with modalities, sample counts and threshold; a
+// histogram of recent raw scores (passed green, rejected red) with the threshold line, so an operator
+// can place the threshold by eye; set or clear the threshold (PATCH /objects/{name}, operator key).
+
+import { describeError, getJson, patchJson } from "./api.js";
+import { byId, formatNumber, h, notify } from "./dom.js";
+
+const BINS = 30;
+const REFRESH_MS = 5000;
+const COLOURS = {
+  pass: "#2e9d4a",
+  fail: "#d3302f",
+  threshold: "#111827",
+  calibrated: "#6b7280",
+  holdout: "rgba(46, 157, 74, 0.12)",
+  axis: "#9ca3af",
+  text: "#374151",
+};
+
+let visible = false;
+let timer = null;
+const charts = new Map(); // object name -> {canvas, scores, rejected, threshold, calibrated}
+
+function histogram(values, low, high) {
+  const counts = new Array(BINS).fill(0);
+  const width = (high - low) / BINS;
+  for (const value of values) {
+    const index = Math.min(BINS - 1, Math.max(0, Math.floor((value - low) / width)));
+    counts[index] += 1;
+  }
+  return counts;
+}
+
+function drawChart(chart, threshold) {
+  const canvas = chart.canvas;
+  const ratio = window.devicePixelRatio || 1;
+  const cssWidth = canvas.clientWidth || 480;
+  const cssHeight = canvas.clientHeight || 170;
+  canvas.width = Math.round(cssWidth * ratio);
+  canvas.height = Math.round(cssHeight * ratio);
+  const context = canvas.getContext("2d");
+  context.setTransform(ratio, 0, 0, ratio, 0, 0);
+  context.clearRect(0, 0, cssWidth, cssHeight);
+  context.font = "12px system-ui, sans-serif";
+
+  const passed = chart.scores.filter((_, index) => !chart.rejected[index]);
+  const failed = chart.scores.filter((_, index) => chart.rejected[index]);
+  const holdout = chart.holdout; // [min, max] raw score of the calibration's normal holdout parts
+  const marks = [threshold, chart.calibrated, ...(holdout || [])].filter((value) => Number.isFinite(value));
+  const everything = chart.scores.concat(marks);
+  if (!everything.length) {
+    context.fillStyle = COLOURS.text;
+    context.fillText("no scores yet", 10, 20);
+    return;
+  }
+  let low = Math.min(...everything);
+  let high = Math.max(...everything);
+  const pad = Math.max((high - low) * 0.08, 0.05);
+  low -= pad;
+  high += pad;
+
+  const left = 34;
+  const right = cssWidth - 10;
+  const top = 26;
+  const bottom = cssHeight - 24;
+  const x = (value) => left + ((value - low) / (high - low)) * (right - left);
+
+  if (holdout && holdout.every(Number.isFinite)) {
+    context.fillStyle = COLOURS.holdout;
+    context.fillRect(x(holdout[0]), top, Math.max(2, x(holdout[1]) - x(holdout[0])), bottom - top);
+  }
+  if (!chart.scores.length) {
+    context.fillStyle = COLOURS.text;
+    context.textAlign = "center";
+    context.fillText("no inspections of this object on this gateway yet", (left + right) / 2, (top + bottom) / 2);
+  }
+
+  const passCounts = histogram(passed, low, high);
+  const failCounts = histogram(failed, low, high);
+  const tallest = Math.max(1, ...passCounts.map((count, index) => count + failCounts[index]));
+  const binWidth = (right - left) / BINS;
+  for (let index = 0; index < BINS; index += 1) {
+    const passHeight = ((bottom - top) * passCounts[index]) / tallest;
+    const failHeight = ((bottom - top) * failCounts[index]) / tallest;
+    const x0 = left + index * binWidth + 1;
+    context.fillStyle = COLOURS.pass;
+    context.fillRect(x0, bottom - passHeight, binWidth - 2, passHeight);
+    context.fillStyle = COLOURS.fail;
+    context.fillRect(x0, bottom - passHeight - failHeight, binWidth - 2, failHeight);
+  }
+
+  context.strokeStyle = COLOURS.axis;
+  context.lineWidth = 1;
+  context.beginPath();
+  context.moveTo(left, bottom + 0.5);
+  context.lineTo(right, bottom + 0.5);
+  context.stroke();
+  context.fillStyle = COLOURS.text;
+  context.textAlign = "left";
+  context.fillText(formatNumber(low, 2), left, bottom + 16);
+  context.textAlign = "right";
+  context.fillText(formatNumber(high, 2), right, bottom + 16);
+  context.fillText(String(tallest), left - 6, top + 10);
+  context.fillText("0", left - 6, bottom);
+  context.textAlign = "center";
+  context.fillText("raw score", (left + right) / 2, bottom + 16);
+
+  if (Number.isFinite(chart.calibrated)) {
+    context.strokeStyle = COLOURS.calibrated;
+    context.setLineDash([4, 4]);
+    context.beginPath();
+    context.moveTo(x(chart.calibrated), top);
+    context.lineTo(x(chart.calibrated), bottom);
+    context.stroke();
+    context.setLineDash([]);
+  }
+  if (Number.isFinite(threshold)) {
+    context.strokeStyle = COLOURS.threshold;
+    context.lineWidth = 2.5;
+    context.beginPath();
+    context.moveTo(x(threshold), top - 4);
+    context.lineTo(x(threshold), bottom);
+    context.stroke();
+    context.fillStyle = COLOURS.threshold;
+    const label = "threshold " + formatNumber(threshold, 3);
+    const labelX = x(threshold);
+    context.textAlign = labelX > (left + right) / 2 ? "right" : "left";
+    context.fillText(label, labelX + (labelX > (left + right) / 2 ? -5 : 5), top - 10);
+  }
+}
+
+function wouldReject(chart, threshold) {
+  if (!chart.scores.length || !Number.isFinite(threshold)) {
+    return "";
+  }
+  const above = chart.scores.filter((score) => score > threshold).length;
+  return `At ${formatNumber(threshold)}, ${above} of the last ${chart.scores.length} parts would be rejected.`;
+}
+
+function thresholdEditor(info, chart, message) {
+  const inputId = "threshold-" + info.name;
+  const input = h("input", {
+    id: inputId,
+    type: "number",
+    step: "any",
+    value: info.threshold === null ? "" : String(Number(info.threshold.toFixed(4))),
+    "aria-describedby": "preview-" + info.name,
+  });
+  const preview = h("p", { id: "preview-" + info.name, class: "muted preview" }, wouldReject(chart, info.threshold));
+  input.addEventListener("input", () => {
+    const value = parseFloat(input.value);
+    drawChart(chart, Number.isFinite(value) ? value : info.threshold);
+    preview.textContent = wouldReject(chart, value);
+  });
+  const save = async (threshold) => {
+    try {
+      const updated = await patchJson("/objects/" + encodeURIComponent(info.name), { threshold });
+      notify(
+        message,
+        updated.threshold_source === "operator"
+          ? `Threshold of ${info.name} set to ${formatNumber(updated.threshold)} (applies to every model version).`
+          : `Threshold of ${info.name} reset to the calibrated ${formatNumber(updated.threshold)}.`,
+        "ok",
+      );
+      input.value = input.defaultValue; // saved: the rebuilt card shows the value in force
+      await refresh(true);
+    } catch (error) {
+      notify(message, describeError(error));
+    }
+  };
+  const form = h(
+    "form",
+    { class: "threshold-form", dataset: { object: info.name } },
+    h("label", { for: inputId }, "New threshold (raw score)"),
+    input,
+    h("button", { type: "submit", class: "primary" }, "Set threshold"),
+    h(
+      "button",
+      {
+        type: "button",
+        class: "secondary",
+        disabled: info.threshold_source !== "operator",
+        onclick: () => save(null),
+      },
+      "Use calibrated",
+    ),
+  );
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const value = parseFloat(input.value);
+    if (!Number.isFinite(value)) {
+      notify(message, "Enter a number for the threshold.");
+      return;
+    }
+    save(value);
+  });
+  return [form, preview];
+}
+
+function calibrationRange(calibration) {
+  const low = calibration ? Number(calibration.score_min) : NaN;
+  const high = calibration ? Number(calibration.score_max) : NaN;
+  return Number.isFinite(low) && Number.isFinite(high) ? [low, high] : null;
+}
+
+function objectCard(info, scores) {
+  const canvas = h("canvas", {
+    class: "histogram",
+    role: "img",
+    "aria-label": `histogram of the recent raw scores of ${info.name}, with the threshold`,
+  });
+  const chart = {
+    canvas,
+    scores: scores ? scores.raw_scores : [],
+    rejected: scores ? scores.rejected : [],
+    calibrated: info.calibrated_threshold,
+    holdout: calibrationRange(info.calibration),
+  };
+  charts.set(info.name, { chart, threshold: info.threshold });
+  const message = h("div", { class: "notice", role: "alert", hidden: true });
+  const rejectedCount = chart.rejected.filter(Boolean).length;
+  return h(
+    "article",
+    { class: "panel object-card", dataset: { object: info.name } },
+    h(
+      "header",
+      {},
+      h("h2", {}, info.name),
+      h("span", { class: "tag" }, info.modalities.join(" + ")),
+      h("span", { class: "tag " + (info.threshold_source === "operator" ? "warn" : "") }, "threshold: " + info.threshold_source),
+    ),
+    h(
+      "dl",
+      { class: "facts wide" },
+      h("dt", {}, "Threshold in force"),
+      h("dd", { class: "threshold-value" }, formatNumber(info.threshold)),
+      h("dt", {}, "Calibrated threshold"),
+      h("dd", {}, formatNumber(info.calibrated_threshold)),
+      h("dt", {}, "Target false-reject rate"),
+      h("dd", {}, formatNumber(info.target_false_reject_rate)),
+      h("dt", {}, "Samples (train / holdout)"),
+      h("dd", {}, `${info.train_samples} / ${info.holdout_samples}`),
+      h("dt", {}, "Enrolled in"),
+      h("dd", { class: "mono" }, info.enrolled_in),
+    ),
+    canvas,
+    h(
+      "p",
+      { class: "legend" },
+      h("span", { class: "swatch pass" }),
+      ` passed (${chart.scores.length - rejectedCount}) `,
+      h("span", { class: "swatch fail" }),
+      ` rejected (${rejectedCount}) `,
+      h("span", { class: "swatch line" }),
+      " threshold ",
+      h("span", { class: "swatch dashed" }),
+      " calibrated ",
+      chart.holdout ? [h("span", { class: "swatch holdout" }), " normal holdout range"] : null,
+    ),
+    thresholdEditor(info, chart, message),
+    message,
+  );
+}
+
+let lastSignature = "";
+
+async function refresh(force = false) {
+  if (!visible) {
+    return;
+  }
+  try {
+    const [list, scores] = await Promise.all([getJson("/objects"), getJson("/dashboard/scores")]);
+    notify(byId("objects-error"), "");
+    // Rebuilding would wipe a threshold being typed: only when something changed.
+    const signature = JSON.stringify([list, scores.objects]);
+    if (!force && signature === lastSignature) {
+      return;
+    }
+    if (!force && document.activeElement && document.activeElement.closest(".threshold-form")) {
+      return;
+    }
+    lastSignature = signature;
+    byId("objects-version").textContent = list.model_version ? "from model version " + list.model_version : "";
+    const container = byId("objects-list");
+    const messages = new Map(
+      [...container.querySelectorAll(".object-card")].map((card) => [
+        card.dataset.object,
+        card.querySelector('[role="alert"]'),
+      ]),
+    );
+    const typed = new Map(
+      [...container.querySelectorAll(".threshold-form input")]
+        .filter((input) => input.value !== input.defaultValue)
+        .map((input) => [input.id, input.value]),
+    );
+    charts.clear();
+    const cardsBuilt = list.objects.map((info) => objectCard(info, scores.objects[info.name]));
+    for (const built of cardsBuilt) {
+      const old = messages.get(built.dataset.object);
+      if (old && !old.hidden) {
+        const alert = built.querySelector('[role="alert"]'); // keep the last message shown
+        alert.textContent = old.textContent;
+        alert.className = old.className;
+        alert.hidden = false;
+      }
+    }
+    container.replaceChildren(...cardsBuilt);
+    byId("objects-empty").hidden = list.objects.length > 0;
+    for (const { chart, threshold } of charts.values()) {
+      drawChart(chart, threshold);
+    }
+    for (const [id, value] of typed) {
+      const input = byId(id); // keep what the operator was typing
+      if (input) {
+        input.value = value;
+        input.dispatchEvent(new Event("input"));
+      }
+    }
+    container.dataset.renders = String(Number(container.dataset.renders || 0) + 1);
+  } catch (error) {
+    notify(byId("objects-error"), describeError(error));
+  }
+}
+
+let wired = false;
+
+export function show() {
+  if (!wired) {
+    wired = true;
+    byId("objects-refresh").addEventListener("click", () => refresh(true));
+    window.addEventListener("iumad-serving-changed", () => refresh(false));
+    window.addEventListener("resize", () => {
+      for (const { chart, threshold } of charts.values()) {
+        drawChart(chart, threshold);
+      }
+    });
+  }
+  visible = true;
+  lastSignature = "";
+  for (const alert of byId("objects-list").querySelectorAll('[role="alert"]')) {
+    alert.hidden = true; // shown again (e.g. after a new key): old answers no longer apply
+  }
+  refresh(true);
+  if (timer === null) {
+    timer = setInterval(() => refresh(false), REFRESH_MS);
+  }
+}
+
+export function hide() {
+  visible = false;
+  clearInterval(timer);
+  timer = null;
+}
