@@ -269,7 +269,7 @@ def station_for(seed: int, object_name: str, size: int) -> Station:
     return Station(
         table_albedo=(colour[None, None] * texture[..., None]).astype(np.float32),
         table_z=TABLE_Z + rng.normal(0.0, 0.01),
-        tilt=tuple(rng.normal(0.0, 0.003, 2)),
+        tilt=tuple(rng.normal(0.0, 0.002, 2)),
         light=(rng.normal(-0.25, 0.1), rng.normal(-0.35, 0.1)),
         ambient=rng.uniform(0.32, 0.42),
         unmeasurable=smooth_noise(rng, size, max(6, size // 16)),
@@ -425,7 +425,7 @@ def render_image(
     distance, top = SHAPES[kind](p, q, proportions)
     coverage = np.clip(distance * size * zoom * OBJECT_SCALE + 0.5, 0.0, 1.0).astype(np.float32)
     rounding = smoothstep(distance / style.bevel) if style.bevel > 0 else (distance > 0).astype(np.float32)
-    height_scale = style.height * rng.uniform(0.93, 1.07)
+    height_scale = style.height * rng.uniform(0.96, 1.04)
     height = (height_scale * rounding * top * coverage).astype(np.float32)
     height += (0.00015 * smooth_noise(rng, size, 10) * coverage).astype(np.float32)  # surface waviness
 
