@@ -37,8 +37,9 @@ class TinyBackbone(nn.Module):
 
 def test_greedy_coreset_picks_one_point_per_cluster():
     centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
-    points = torch.cat([centre + 0.01 * torch.randn(20, 2, generator=torch.Generator().manual_seed(1))
-                        for centre in centres])
+    points = torch.cat(
+        [centre + 0.01 * torch.randn(20, 2, generator=torch.Generator().manual_seed(1)) for centre in centres]
+    )
     chosen = greedy_coreset(points, 3, projection_dim=128)
     assert sorted((chosen // 20).tolist()) == [0, 1, 2]
     assert greedy_coreset(points, 100).tolist() == list(range(60))
@@ -80,8 +81,10 @@ def test_patchcore_fit_predict_with_a_tiny_backbone(synthetic_root):
 def test_patchcore_uses_rgb_only_without_depth(synthetic_root):
     from model.data.datasets import list_samples
 
-    samples = [Sample(s.object, s.split, s.defect, s.rgb_path, None, s.gt_path)
-               for s in list_samples(synthetic_root, "ring", "train")]
+    samples = [
+        Sample(s.object, s.split, s.defect, s.rgb_path, None, s.gt_path)
+        for s in list_samples(synthetic_root, "ring", "train")
+    ]
     model = PatchCore(TinyBackbone(), image_size=64, coreset_ratio=1.0)
     model.fit("ring", samples)
     assert model.banks["ring"].shape == (6 * 64, 11)
@@ -122,8 +125,9 @@ def oracle(monkeypatch):
 
 
 def test_run_benchmark_with_a_perfect_method(synthetic_root, oracle, tmp_path):
-    results = run_benchmark(synthetic_root, "3-0", method="oracle", out_dir=tmp_path, image_size=64,
-                            progress=False)
+    results = run_benchmark(
+        synthetic_root, "3-0", method="oracle", out_dir=tmp_path, image_size=64, progress=False
+    )
     assert set(results) == {"method", "protocol", "steps", "fm"}
     assert results["fm"] is None and len(results["steps"]) == 1
     step = results["steps"][0]
@@ -134,8 +138,15 @@ def test_run_benchmark_with_a_perfect_method(synthetic_root, oracle, tmp_path):
 
 
 def test_run_benchmark_forgetting(synthetic_root, oracle):
-    results = run_benchmark(synthetic_root, "1-1x2", objects=["tile", "disc", "ring"], method="oracle",
-                            image_size=64, progress=False, worse_after=2)
+    results = run_benchmark(
+        synthetic_root,
+        "1-1x2",
+        objects=["tile", "disc", "ring"],
+        method="oracle",
+        image_size=64,
+        progress=False,
+        worse_after=2,
+    )
     assert [step["trained"] for step in results["steps"]] == [["tile"], ["disc"], ["ring"]]
     assert list(results["steps"][1]["eval"]) == ["tile", "disc"]
     # after the last step every map is 0: I-AUROC 50, AUPRO 15 (ties make the PRO curve a diagonal)
@@ -158,10 +169,44 @@ def test_run_benchmark_bad_arguments(synthetic_root):
 
 def test_synth_then_bench_patchcore_end_to_end(tmp_path, capsys):
     data, out = tmp_path / "data", tmp_path / "out"
-    assert main(["synth", "--out", str(data), "--objects", "2", "--size", "64", "--train", "4", "--test", "4",
-                 "--seed", "1"]) == 0
-    assert main(["bench", "--data", str(data), "--protocol", "1-1", "--method", "patchcore", "--out", str(out),
-                 "--image-size", "64"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "--out",
+                str(data),
+                "--objects",
+                "2",
+                "--size",
+                "64",
+                "--train",
+                "4",
+                "--test",
+                "4",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "bench",
+                "--data",
+                str(data),
+                "--protocol",
+                "1-1",
+                "--method",
+                "patchcore",
+                "--out",
+                str(out),
+                "--image-size",
+                "64",
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     assert results["method"] == "patchcore" and results["protocol"] == "1-1"
     assert [step["trained"] for step in results["steps"]] == [["disc"], ["ring"]]

@@ -41,7 +41,9 @@ def write_eyecandies(root: Path, category: str = "CandyCane", counts=(3, 1, 4), 
                 Image.fromarray(image.rgb // (1 + light % 2)).save(data / f"{index:03d}_image_{light}.png")
             png = np.round((z - low) / (high - low) * 65535).astype(np.uint16)
             Image.fromarray(png).save(data / f"{index:03d}_depth.png")
-            (data / f"{index:03d}_info_depth.yaml").write_text(f"normalization:\n  min: {low}\n  max: {high}\n")
+            (data / f"{index:03d}_info_depth.yaml").write_text(
+                f"normalization:\n  min: {low}\n  max: {high}\n"
+            )
             if split == "test_public":
                 Image.fromarray(image.gt.astype(np.uint8) * 255).save(data / f"{index:03d}_mask.png")
     return root
@@ -193,14 +195,28 @@ def test_eyecandies_test_item_without_mask(eyecandies_root):
 
 
 def test_cli_exits_2_on_bad_dataset(tmp_path, capsys):
-    assert main(["bench", "--data", str(tmp_path / "missing"), "--protocol", "10-0", "--method", "patchcore"]) == 2
+    assert (
+        main(["bench", "--data", str(tmp_path / "missing"), "--protocol", "10-0", "--method", "patchcore"])
+        == 2
+    )
     assert "not a directory" in capsys.readouterr().err
     assert main(["synth", "--out", str(tmp_path / "s"), "--size", "8"]) == 2
     assert "at least 32 px" in capsys.readouterr().err
 
 
 def test_cli_exits_2_on_unknown_object(small_mvtec, capsys):
-    code = main(["bench", "--data", str(small_mvtec), "--protocol", "1-1", "--objects", "disc,bagel",
-                 "--method", "patchcore"])
+    code = main(
+        [
+            "bench",
+            "--data",
+            str(small_mvtec),
+            "--protocol",
+            "1-1",
+            "--objects",
+            "disc,bagel",
+            "--method",
+            "patchcore",
+        ]
+    )
     assert code == 2
     assert "bagel" in capsys.readouterr().err

@@ -28,14 +28,17 @@ def test_general_forms():
     assert parse_protocol("10-0") == (10, 0, 0)
 
 
-@pytest.mark.parametrize(("name", "message"), [
-    ("10-0", "uses 10 objects but 5 were selected"),
-    ("3-1x3", "uses 6 objects"),
-    ("0-5", "base step"),
-    ("3-0x2", "at least one object each"),
-    ("six-four", "unknown protocol"),
-    ("6_1x4", "unknown protocol"),
-])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("10-0", "uses 10 objects but 5 were selected"),
+        ("3-1x3", "uses 6 objects"),
+        ("0-5", "base step"),
+        ("3-0x2", "at least one object each"),
+        ("six-four", "unknown protocol"),
+        ("6_1x4", "unknown protocol"),
+    ],
+)
 def test_protocols_that_do_not_fit(name, message):
     with pytest.raises(InputError, match=message):
         protocol_steps(name, ["a", "b", "c", "d", "e"])

@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.evaluation.benchmark import METHODS, results_markdown, run_benchmark
     from model.errors import InputError
+    from model.evaluation.benchmark import METHODS, results_markdown, run_benchmark
 
     if args.method not in METHODS:
         raise InputError(f"unknown method {args.method!r}; available: {', '.join(sorted(METHODS))}")

@@ -1,13 +1,15 @@
 """A synthetic RGB-D defect benchmark in the MVTec 3D-AD layout, for tests, demos and CPU-sized benchmarks.
 
 Ten object types (shape, height profile, texture, colour) lie on a slightly tilted table seen by a
-pinhole camera from about 0.45 m. Every image varies like a real capture: pose (shift, rotation,
-scale), shape proportions, lighting, exposure, white balance, natural surface marks, RGB sensor
-noise, depth noise, and structured-light dropouts (steep walls, projector shadow, dark or shiny
-patches), stored as (0, 0, 0) in the xyz cloud. Test images carry one small, low-contrast defect:
+pinhole camera from about 0.45 m. Each object has its own fixed inspection station (table texture,
+table pose, lamp, table areas the sensor cannot measure), and every image varies around it like a
+real capture: pose (shift, rotation, scale), shape proportions, lamp direction, exposure, white
+balance, dust, natural surface marks (chips, grain, freckles, moulding marks), RGB sensor noise,
+depth noise, and structured-light dropouts (steep walls, projector shadow, dark or shiny patches),
+stored as (0, 0, 0) in the xyz cloud. Test images carry one small, low-contrast defect:
 
     contamination  RGB only    a stain of foreign colour
-    dent, bump     depth only  a shallow smooth deformation (1-2 mm)
+    dent, bump     depth only  a shallow smooth deformation (2-3.5 mm; the diffuse light barely shows it)
     crack          both        a thin dark groove
     hole           both        a small hole through the part
     cut            both        a notch missing from the outline
@@ -137,8 +139,10 @@ def _ring(p, q, shape):
 def _tile(p, q, shape):
     half = 0.25 * shape[0]
     spacing = 2 * half / 4
-    grid = np.minimum(np.abs((p + half) % spacing - spacing / 2), np.abs((q + half) % spacing - spacing / 2))
-    grooves = np.exp(-(((spacing / 2 - grid) / 0.006) ** 2))
+    from_centre = np.maximum(
+        np.abs((p + half) % spacing - spacing / 2), np.abs((q + half) % spacing - spacing / 2)
+    )
+    grooves = np.exp(-(((spacing / 2 - from_centre) / 0.006) ** 2))  # a 4x4 grid of grooves
     return np.minimum(half - np.abs(p), half - np.abs(q)), 1.0 - 0.25 * grooves
 
 
@@ -568,12 +572,19 @@ def write_synthetic_dataset(
 
 
 def _depth_picture(xyz: np.ndarray) -> np.ndarray:
-    """Nearer = brighter grey (as the network sees it, without hole filling); missing = dark blue."""
+    """Nearer = brighter grey, lit from the top left so millimetre dents and bumps show; missing = dark blue."""
     z = np.where(np.all(xyz == 0, axis=-1), np.nan, xyz[..., 2])
     valid = np.isfinite(z)
-    low, high = np.percentile(z[valid], [1, 99]) if valid.any() else (0.0, 1.0)
-    grey = np.clip((high - np.nan_to_num(z, nan=high)) / max(high - low, 1e-6), 0, 1)
-    picture = np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=-1)
+    if not valid.any():
+        return np.zeros((*z.shape, 3), np.uint8)
+    low, high = np.percentile(z[valid], [1, 99])
+    indices = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
+    filled = ndimage.gaussian_filter(z[tuple(indices)], 1.0)
+    pitch = float(np.median(z[valid])) * FIELD_OF_VIEW / TABLE_Z / z.shape[1]  # metres per pixel
+    slope_v, slope_u = np.gradient(filled / pitch)
+    relief = np.clip(1.0 + 2.5 * (slope_u + slope_v), 0.4, 1.6)  # surfaces facing the light brighten
+    grey = 0.15 + 0.7 * np.clip((high - filled) / max(high - low, 1e-6), 0, 1)
+    picture = np.repeat((np.clip(grey * relief, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1)
     picture[~valid] = (20, 30, 90)
     return picture
 
@@ -582,7 +593,7 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask)
 
 
-def render_sample_grid(root: Path, out_png: Path, tile: int = 160) -> Path:
+def render_sample_grid(root: Path, out_png: Path, tile: int = 128) -> Path:
     """A picture of the benchmark: one row per object, columns good + each defect kind; each cell
     shows RGB, depth, and RGB with the ground truth outlined in red."""
     root, out_png = Path(root), Path(out_png)
@@ -617,5 +628,6 @@ def render_sample_grid(root: Path, out_png: Path, tile: int = 160) -> Path:
                 image = Image.fromarray(picture).resize((tile, tile), Image.NEAREST)
                 canvas.paste(image, (label_width + column * cell_width + panel * tile, top))
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out_png)
+    # 256 colours keep the picture small enough for the docs (sensor noise defeats PNG compression).
+    canvas.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(out_png, optimize=True)
     return out_png
