@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -60,8 +60,18 @@ def _make_patchcore(image_size: int = 224, **options) -> IncrementalMethod:
     return PatchCore(image_size=image_size, **options)
 
 
+def _make_iumad(image_size: int = 224, **options: Any) -> IncrementalMethod:
+    from model.evaluation.iumad_method import IUMADMethod
+
+    known = {"epochs", "holdout_fraction", "max_minutes", "config", "seed"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InputError(f"method ib-iumad does not take option(s) {', '.join(unknown)}")
+    return IUMADMethod(image_size=image_size, **options)
+
+
 # name -> factory(image_size=..., **method_options)
-METHODS: dict[str, Callable[..., IncrementalMethod]] = {"patchcore": _make_patchcore}
+METHODS: dict[str, Callable[..., IncrementalMethod]] = {"patchcore": _make_patchcore, "ib-iumad": _make_iumad}
 
 
 def _say(progress: bool, message: str) -> None:
