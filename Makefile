@@ -19,6 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m model.network.scan_extension
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed

@@ -1,7 +1,9 @@
 """The Mamba S6 selective scan: `h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t`, `y_t = C_t h_t + D x_t`.
 
-Three implementations with one signature (that of `mamba_ssm.selective_scan_fn`):
+Four implementations with one signature (that of `mamba_ssm.selective_scan_fn`):
 - `selective_scan_reference`: float64, one step at a time; the ground truth for tests.
+- `selective_scan_fused`: the compiled CPU kernel (`scan_extension.py`), the default on CPU when it
+  is built; about 10x cheaper than the loop in training because no (L, B, D, N) tensor is ever formed.
 - `selective_scan_torch`: a plain time loop over precomputed decays. On 2 CPU threads it beat
   log-depth parallel scans at these lengths, it exports to ONNX (the loop unrolls for a fixed grid),
   and it never forms `exp(cumsum(dt A))`, which overflows float32 when `dt |A|` is large.
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from model.network.scan_extension import load_extension
 
 # exp(dt * A) of a strongly decaying channel, and states multiplied by it, fall into float32's
 # subnormal range, where x86 CPUs run 10-100x slower (a training step went from 0.3 s to 60 s).
@@ -119,12 +123,46 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     return y
 
 
+class FusedScan(torch.autograd.Function):
+    """The compiled kernel's forward/backward (which recomputes the states instead of storing them)."""
+
+    @staticmethod
+    def forward(ctx, extension, dt, u, A, B, C):
+        # B and C go in time-major, (batch, L, N), so the kernel's state loops are contiguous.
+        B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+        ctx.extension = extension
+        ctx.save_for_backward(dt, u, A, B, C)
+        return extension.forward(dt, u, A, B, C)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        dt, u, A, B, C = ctx.saved_tensors
+        grad_dt, grad_u, grad_A, grad_B, grad_C = ctx.extension.backward(dt, u, A, B, C, grad_y)
+        return None, grad_dt, grad_u, grad_A, grad_B.transpose(1, 2), grad_C.transpose(1, 2)
+
+
+def selective_scan_fused(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, extension=None
+):
+    extension = extension or load_extension()
+    if extension is None:
+        raise RuntimeError("the fused selective scan extension is not available")
+    delta = _prepare_delta(delta, delta_bias, delta_softplus)
+    y = FusedScan.apply(extension, delta, u, A, B, C)
+    if D is not None:
+        y = y + D[None, :, None] * u
+    if z is not None:
+        y = y * F.silu(z)
+    return y
+
+
 def cuda_kernel_available() -> bool:
     return _cuda_selective_scan is not None and torch.cuda.is_available()
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """Dispatch: the CUDA kernel when it is installed and the inputs live on a GPU, else the loop."""
+    """Dispatch: the CUDA kernel on a GPU when installed, the fused kernel on CPU when built, else
+    the loop (always while tracing for ONNX export)."""
     if u.is_cuda and _cuda_selective_scan is not None and not torch.jit.is_tracing():
         return _cuda_selective_scan(
             u.contiguous(),
@@ -137,4 +175,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
             delta_bias,
             delta_softplus,
         )
+    if not u.is_cuda and not torch.jit.is_tracing() and u.dtype in (torch.float32, torch.float64):
+        extension = load_extension()
+        if extension is not None:
+            return selective_scan_fused(u, delta, A, B, C, D, z, delta_bias, delta_softplus, extension)
     return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
