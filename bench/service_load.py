@@ -183,11 +183,51 @@ async def run_service_phases(args: argparse.Namespace, rgb: bytes, depth: bytes)
             half_seconds = await open_loop(half, rate, max(5.0, args.seconds / 2))
             phases.append(summarise(f"half load ({rate:.1f}/s)", half_seconds, half.latencies, half.failures))
         rss_after = await server_rss_mb(client, args.url)
+        soak = None
+        if args.soak_seconds > 0 and load.latencies:
+            soak = await soak_phase(client, args, files, data, args.soak_fraction * phases[1].throughput_rps)
+            phases.append(soak.pop("phase"))
     return {
         "model_version": ready.get("model_version"),
         "device": ready.get("device"),
         "phases": [asdict(phase) for phase in phases],
         "server_rss_mb": {"before": rss_before, "after": rss_after},
+        "soak": soak,
+    }
+
+
+async def soak_phase(
+    client: httpx.AsyncClient, args: argparse.Namespace, files: dict, data: dict, rate: float
+):
+    """Open loop at `rate` for --soak-seconds, the server's RSS sampled every --rss-every seconds.
+
+    Drift is stated as the RSS at the end minus the RSS after the first sampling interval (the first
+    minutes include allocator warm-up that a flat process does not repeat).
+    """
+    soak = Inspector(client, args.url, files, data)
+    samples: list[tuple[float, float | None]] = []
+    started = time.perf_counter()
+
+    async def sample_rss() -> None:
+        while True:
+            samples.append((round(time.perf_counter() - started, 1), await server_rss_mb(client, args.url)))
+            await asyncio.sleep(args.rss_every)
+
+    sampler = asyncio.create_task(sample_rss())
+    try:
+        seconds = await open_loop(soak, rate, args.soak_seconds)
+    finally:
+        sampler.cancel()
+    samples.append((round(time.perf_counter() - started, 1), await server_rss_mb(client, args.url)))
+    values = [value for _, value in samples if value is not None]
+    drift = round(values[-1] - values[1], 1) if len(values) > 2 else None
+    return {
+        "phase": summarise(
+            f"soak ({rate:.1f}/s, {args.soak_seconds:.0f} s)", seconds, soak.latencies, soak.failures
+        ),
+        "rate_rps": round(rate, 2),
+        "rss_samples_mb": samples,
+        "rss_drift_mb": drift,
     }
 
 
@@ -279,6 +319,10 @@ def print_report(report: dict) -> None:
         )
     rss = report["service"]["server_rss_mb"]
     print(f"server RSS: {rss['before']} MB before load, {rss['after']} MB after")
+    soak = report["service"].get("soak")
+    if soak:
+        trace = ", ".join(f"{at:.0f}s {mb} MB" for at, mb in soak["rss_samples_mb"])
+        print(f"soak RSS: {trace}; drift after the first interval {soak['rss_drift_mb']} MB")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of the concurrent-load phase")
     parser.add_argument("--single-seconds", type=float, default=5.0)
     parser.add_argument("--half-load", action="store_true", help="also run an open-loop phase at half load")
+    parser.add_argument("--soak-seconds", type=float, default=0.0, help="then an open-loop soak this long")
+    parser.add_argument("--soak-fraction", type=float, default=0.8, help="soak rate / measured throughput")
+    parser.add_argument("--rss-every", type=float, default=30.0, help="RSS sampling interval in the soak")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--mask", default="rle", choices=["none", "png", "rle"])
     parser.add_argument("--api-key", default=os.environ.get("IUMAD_BENCH_API_KEY"))

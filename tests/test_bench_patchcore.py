@@ -219,3 +219,33 @@ def test_synth_then_bench_patchcore_end_to_end(tmp_path, capsys):
     run_info = json.loads((out / "run.json").read_text())
     assert run_info["memory_bytes"] > 0 and run_info["skipped"] == []
     assert "| Step | Trained | disc | ring | Mean |" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------ IB-IUMAD bench options
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"bogus": 1}', "unknown model config keys: bogus"),
+        ('{"fusion": "multiply"}', "fusion must be"),
+    ],
+)
+def test_bench_config_overrides_are_checked_before_any_work(synthetic_root, capsys, config, message):
+    arguments = ["bench", "--data", str(synthetic_root), "--protocol", "3-0", "--config", config]
+    assert main(arguments) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bench_config_overrides_reach_the_network_and_budgets_the_steps():
+    from iumad.commands.bench import parse_config_overrides
+    from model.evaluation.iumad_method import IUMADMethod
+
+    config = parse_config_overrides('{"use_mamba": false, "fusion": "add", "hidden_size": 32}')
+    assert (config.use_mamba, config.fusion, config.hidden_size) == (False, "add", 32)
+    assert config.state_size == 16  # everything not overridden keeps the default
+    method = IUMADMethod(image_size=64, config=config, max_minutes=2, base_max_minutes=10)
+    assert method.config.use_mamba is False and method.config.image_size == 64
+    assert method.base_options.max_seconds == 600 and method.options.max_seconds == 120

@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import resource
 import signal
 import tempfile
 import threading
@@ -219,6 +220,8 @@ class EnrolmentRun:
 
     def _finish(self, status: str, message: str, **fields: Any) -> dict[str, Any]:
         self.timings["total_s"] = round(time.time() - self.started, 2)
+        # The peak memory of the process that ran the job (rq's work horse): the enrolment RAM target.
+        self.timings["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         log.info("job %s (%s): %s: %s", self.job_id, self.object, status, message)
         if status == "succeeded":
             fields["progress"] = 1.0

@@ -19,6 +19,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable items instead of stopping")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs per step (ib-iumad)")
+    parser.add_argument(
+        "--max-minutes", type=float, default=None, help="training budget per incremental step (ib-iumad)"
+    )
+    parser.add_argument(
+        "--base-max-minutes", type=float, default=None, help="training budget of the first step (ib-iumad)"
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help='model config overrides as JSON (ib-iumad), e.g. \'{"use_mamba": false, "fusion": "add"}\'',
+    )
+    parser.add_argument("--seed", type=int, default=None)
+
+
+def parse_config_overrides(text: str):
+    """`--config` JSON on top of the default ModelConfig; unknown keys and bad values are user errors."""
+    import json
+
+    from model.errors import InputError
+    from model.network.config import ModelConfig
+
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(f"--config is not valid JSON: {error}") from None
+    if not isinstance(overrides, dict):
+        raise InputError("--config must be a JSON object")
+    try:
+        return ModelConfig.from_dict({**ModelConfig().to_dict(), **overrides})
+    except (TypeError, ValueError) as error:
+        raise InputError(f"--config: {error}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,7 +59,12 @@ def run(args: argparse.Namespace) -> int:
     if args.method not in METHODS:
         raise InputError(f"unknown method {args.method!r}; available: {', '.join(sorted(METHODS))}")
     objects = [name.strip() for name in args.objects.split(",")] if args.objects else None
-    options = {"epochs": args.epochs} if args.epochs is not None else {}
+    options: dict = {}
+    for key in ("epochs", "max_minutes", "base_max_minutes", "seed"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    if args.config is not None:
+        options["config"] = parse_config_overrides(args.config)
     results = run_benchmark(
         args.data,
         args.protocol,

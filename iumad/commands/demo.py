@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _archive(folder: Path) -> bytes:
+def archive_normal_samples(folder: Path) -> bytes:
     """The object's normal samples (train + validation) as a zip in MVTec 3D-AD layout."""
     import zipfile
 
@@ -100,7 +100,7 @@ def _enrol(client: Any, data: Path, name: str, max_minutes: float | None, replac
     response = client.post(
         "/enroll-object",
         data=fields,
-        files={"archive": (f"{name}.zip", _archive(data / name), "application/zip")},
+        files={"archive": (f"{name}.zip", archive_normal_samples(data / name), "application/zip")},
     )
     if response.status_code == 409 and not replace:
         print(f"{name}: {response.json()['error']['message']} (using it as it is)")

@@ -38,6 +38,7 @@ class IUMADMethod:
         epochs: int | None = None,
         holdout_fraction: float = 0.1,
         max_minutes: float | None = None,
+        base_max_minutes: float | None = None,
         config: ModelConfig | None = None,
         seed: int = 0,
     ) -> None:
@@ -48,6 +49,12 @@ class IUMADMethod:
         if max_minutes is not None:
             options = dataclasses.replace(options, max_seconds=60 * max_minutes)
         self.options = options
+        # The first (base) step may learn many objects at once and get a budget of its own.
+        self.base_options = (
+            dataclasses.replace(options, max_seconds=60 * base_max_minutes)
+            if base_max_minutes is not None
+            else options
+        )
         self.holdout_fraction = holdout_fraction
         self.model: InspectionModel | None = None
         self.holdouts: dict[str, FeatureSet] = {}
@@ -62,7 +69,7 @@ class IUMADMethod:
             new_objects,
             parent=self.model,
             config=self.config,
-            options=self.options,
+            options=self.options if self.model is not None else self.base_options,
             retained_holdouts=self.holdouts,
         )
         self.model = InspectionModel(result.net, result.manifest)
