@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             ],
         ),
     ]
-    version = json.loads((out / "enrolment.json").read_text())["enrolments"][-1]["version"]
+    enrolments = json.loads((out / "enrolment.json").read_text())["enrolments"]
+    version = enrolments[-1]["version"]
     load_arguments = [
         "--start-server",
         str(service_dir),
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "--seconds",
         "10" if args.quick else "60",
         "--half-load",
+        *(["--swap-to", enrolments[0]["version"]] if len(enrolments) > 1 else []),
         "--soak-seconds",
         "0" if args.quick else str(args.soak_seconds),
         "--json",

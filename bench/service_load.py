@@ -101,6 +101,75 @@ class Inspector:
             self.failures[kind] = self.failures.get(kind, 0) + 1
 
 
+class VersionedInspector(Inspector):
+    """Also records when each request started and which model version answered it."""
+
+    def __init__(self, client: httpx.AsyncClient, url: str, files: dict, data: dict) -> None:
+        super().__init__(client, url, files, data)
+        self.answers: list[tuple[float, float, str | None]] = []  # (started, seconds, version)
+
+    async def once(self) -> None:
+        started = time.perf_counter()
+        try:
+            response = await self.client.post(f"{self.url}/inspect", files=self.files, data=self.data)
+        except httpx.HTTPError as error:
+            self.failures[type(error).__name__] = self.failures.get(type(error).__name__, 0) + 1
+            return
+        if response.status_code != 200:
+            kind = f"http {response.status_code}"
+            self.failures[kind] = self.failures.get(kind, 0) + 1
+            return
+        elapsed = time.perf_counter() - started
+        self.latencies.append(elapsed)
+        self.answers.append((started, elapsed, response.json().get("model_version")))
+
+
+async def swap_phase(client: httpx.AsyncClient, args: argparse.Namespace, files: dict, data: dict) -> dict:
+    """8 clients inspect continuously; half-way, --swap-to is activated (POST /models/{v}/activate).
+
+    Visibility: time from the activation call's answer to the first /readyz (polled every 20 ms)
+    naming the new version. Added latency: requests in flight during the swap (started within 1 s
+    before activation up to 1 s after it became visible) against the steady state before it.
+    """
+    inspector = VersionedInspector(client, args.url, files, data)
+    old_version = (await client.get(f"{args.url}/readyz")).json().get("model_version")
+    timeline: dict[str, float] = {}
+
+    async def swap() -> None:
+        await asyncio.sleep(args.swap_seconds / 2)
+        timeline["requested"] = time.perf_counter()
+        response = await client.post(f"{args.url}/models/{args.swap_to}/activate")
+        if response.status_code != 200:
+            raise SystemExit(f"cannot activate {args.swap_to}: {response.status_code} {response.text}")
+        timeline["activated"] = time.perf_counter()
+        while (await client.get(f"{args.url}/readyz")).json().get("model_version") != args.swap_to:
+            await asyncio.sleep(0.02)
+        timeline["visible"] = time.perf_counter()
+
+    await asyncio.gather(closed_loop(inspector, args.clients, args.swap_seconds), swap())
+    before = [seconds for started, seconds, _ in inspector.answers if started < timeline["requested"] - 1.0]
+    window = [
+        seconds
+        for started, seconds, _ in inspector.answers
+        if timeline["requested"] - 1.0 <= started <= timeline["visible"] + 1.0
+    ]
+    versions = [version for _, _, version in inspector.answers]
+    after_swap = [version for started, _, version in inspector.answers if started > timeline["visible"]]
+    return {
+        "from": old_version,
+        "to": args.swap_to,
+        "requests": len(inspector.answers),
+        "failures": dict(inspector.failures),
+        "versions_seen": sorted({str(v) for v in versions}),
+        "only_new_after_visible": all(v == args.swap_to for v in after_swap),
+        "visible_after_activation_s": round(timeline["visible"] - timeline["activated"], 3),
+        "steady_p50_ms": percentile_ms(before, 50),
+        "steady_p99_ms": percentile_ms(before, 99),
+        "swap_window_p50_ms": percentile_ms(window, 50),
+        "swap_window_max_ms": round(1000 * max(window), 1) if window else None,
+    }
+
+
 async def closed_loop(inspector: Inspector, clients: int, seconds: float) -> float:
     deadline = time.perf_counter() + seconds
 
@@ -183,6 +252,7 @@ async def run_service_phases(args: argparse.Namespace, rgb: bytes, depth: bytes)
             half_seconds = await open_loop(half, rate, max(5.0, args.seconds / 2))
             phases.append(summarise(f"half load ({rate:.1f}/s)", half_seconds, half.latencies, half.failures))
         rss_after = await server_rss_mb(client, args.url)
+        swap = await swap_phase(client, args, files, data) if args.swap_to else None
         soak = None
         if args.soak_seconds > 0 and load.latencies:
             soak = await soak_phase(client, args, files, data, args.soak_fraction * phases[1].throughput_rps)
@@ -193,6 +263,7 @@ async def run_service_phases(args: argparse.Namespace, rgb: bytes, depth: bytes)
         "phases": [asdict(phase) for phase in phases],
         "server_rss_mb": {"before": rss_before, "after": rss_after},
         "soak": soak,
+        "swap": swap,
     }
 
 
@@ -319,6 +390,15 @@ def print_report(report: dict) -> None:
         )
     rss = report["service"]["server_rss_mb"]
     print(f"server RSS: {rss['before']} MB before load, {rss['after']} MB after")
+    swap = report["service"].get("swap")
+    if swap:
+        print(
+            f"hot swap {swap['from']} -> {swap['to']} under {report['clients']} clients: {swap['requests']} "
+            f"requests, failures {swap['failures'] or 0}, versions {swap['versions_seen']}, only the new one "
+            f"after the swap: {swap['only_new_after_visible']}; visible {swap['visible_after_activation_s']} s "
+            f"after activation; latency steady p50 {swap['steady_p50_ms']} / p99 {swap['steady_p99_ms']} ms, "
+            f"in the swap window p50 {swap['swap_window_p50_ms']} / max {swap['swap_window_max_ms']} ms"
+        )
     soak = report["service"].get("soak")
     if soak:
         trace = ", ".join(f"{at:.0f}s {mb} MB" for at, mb in soak["rss_samples_mb"])
@@ -335,6 +415,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of the concurrent-load phase")
     parser.add_argument("--single-seconds", type=float, default=5.0)
     parser.add_argument("--half-load", action="store_true", help="also run an open-loop phase at half load")
+    parser.add_argument(
+        "--swap-to", metavar="VERSION", help="hot-swap phase: activate this version under load"
+    )
+    parser.add_argument("--swap-seconds", type=float, default=20.0, help="duration of the hot-swap phase")
     parser.add_argument("--soak-seconds", type=float, default=0.0, help="then an open-loop soak this long")
     parser.add_argument("--soak-fraction", type=float, default=0.8, help="soak rate / measured throughput")
     parser.add_argument("--rss-every", type=float, default=30.0, help="RSS sampling interval in the soak")

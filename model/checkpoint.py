@@ -24,7 +24,7 @@ from model.errors import CheckpointError
 from model.network.config import ModelConfig
 from model.network.iumad import IUMADNet
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: object prototypes replace the learned object head
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"

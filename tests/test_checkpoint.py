@@ -6,7 +6,14 @@ import pytest
 import torch
 from tiny_model import train_tiny
 
-from model.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, load_version, read_manifest, save_version
+from model.checkpoint import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    load_version,
+    read_manifest,
+    save_version,
+)
 from model.errors import CheckpointError
 
 
@@ -24,7 +31,7 @@ def test_round_trip_is_bit_exact(trained, tmp_path):
     assert all(torch.equal(original[k], loaded[k]) for k in original)
     assert manifest.to_dict() == trained.manifest.to_dict()
     data = json.loads((directory / MANIFEST_FILE).read_text())
-    assert data["format_version"] == 1 and len(data["weights_sha256"]) == 64
+    assert data["format_version"] == FORMAT_VERSION and len(data["weights_sha256"]) == 64
     assert [o["name"] for o in data["objects"]] == ["alpha", "beta"]
 
 

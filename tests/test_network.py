@@ -47,8 +47,9 @@ def test_every_trainable_parameter_gets_a_gradient_in_both_branches(overrides):
         for name, p in net.named_parameters()
         if p.requires_grad and (p.grad is None or not torch.any(p.grad != 0))
     ]
-    # The learned "missing" tokens only train on samples that lack a modality.
-    assert set(no_gradient) == {"missing.rgb", "missing.depth"}
+    # The learned "missing" tokens (read only by the fusion) train only on samples that lack a modality.
+    expected = {"missing.rgb", "missing.depth"} if net.fusion is not None else set()
+    assert set(no_gradient) == expected
     assert any(name.startswith("branches.depth.") for name, _ in net.named_parameters())
 
 
@@ -86,13 +87,17 @@ def test_ablation_switches_change_the_network():
     assert not any(".essm." in name for name, _ in _net(use_mamba=False).named_parameters())
 
 
-def test_growing_keeps_old_logits():
+def test_growing_keeps_old_logits_and_prototypes():
     net = _net().eval()
     batch = _batch(2)
+    for label in range(3):
+        net.set_prototype(label, *_batch(3)[:2], torch.ones(3, dtype=torch.bool))
+    prototypes = net.prototypes.clone()
     before = net(*batch)
     net.grow(5)
     after = net(*batch)
-    torch.testing.assert_close(after["object_logits"][:, :3], before["object_logits"])
+    torch.testing.assert_close(net.prototypes[:3], prototypes)
+    assert net.num_classes == 5 and torch.all(net.prototype_spread[3:] == 0)
     torch.testing.assert_close(after["layer_logits"]["depth"][0][:, :3], before["layer_logits"]["depth"][0])
     assert after["logits_bottleneck"].shape[-1] == 5
     with pytest.raises(ValueError):
@@ -125,3 +130,21 @@ def test_depth_counts_only_where_the_sensor_measured_it():
     depth = np.full((32, 32), 0.5, np.float32)
     depth[:16, :16] = np.nan
     torch.testing.assert_close(depth_validity(depth, 32), torch.tensor([[0.0, 1.0], [1.0, 1.0]]))
+
+
+def test_objects_are_predicted_by_the_nearest_prototype_in_units_of_its_spread():
+    net = _net().eval()
+    present = torch.ones(6, dtype=torch.bool)
+    centres = [torch.full((1, CHANNELS, 4, 4), 3.0 * k) for k in range(3)]
+    for label, centre in enumerate(centres):
+        rgb = centre + 0.1 * torch.randn(6, CHANNELS, 4, 4)
+        depth = 0.1 * torch.randn(6, CHANNELS + 4, 4, 4)
+        net.set_prototype(label, rgb, depth, present)
+    assert torch.all(net.prototype_spread > 0)
+    queries = torch.cat(centres) + 0.1 * torch.randn(3, CHANNELS, 4, 4)
+    probabilities = net.object_probabilities(queries, torch.zeros(3, CHANNELS + 4, 4, 4), torch.ones(3))
+    assert probabilities.argmax(dim=1).tolist() == [0, 1, 2]
+    assert torch.all(probabilities.max(dim=1).values > 0.99)
+    # Without depth, only the RGB part of the distance counts: the same answer.
+    without_depth = net.object_probabilities(queries, torch.zeros(3, CHANNELS + 4, 4, 4), torch.zeros(3))
+    assert without_depth.argmax(dim=1).tolist() == [0, 1, 2]

@@ -42,6 +42,23 @@ def test_incremental_step_grows_the_classifier_and_keeps_old_indices(base):
     assert parent.net.num_classes == 2
 
 
+def test_old_objects_are_still_predicted_after_an_incremental_step(base):
+    """Only the new object's samples are seen in an incremental step; predicting the old ones must not
+    collapse onto the newest object (what a learned head trained on one label does)."""
+    parent = InspectionModel(base.net, base.manifest)
+    blue = ObjectSamples("gamma", [sample_source(300 + k, tint=(60, 60, 150)) for k in range(6)])
+    child = train_version([blue], parent=parent, options=TINY_OPTIONS)
+    model = InspectionModel(child.net, child.manifest)
+    parts = {
+        "alpha": sample_source(900, tint=(150, 60, 60))(),
+        "beta": sample_source(901, tint=(60, 150, 60))(),
+        "gamma": sample_source(902, tint=(60, 60, 150))(),
+    }
+    results = model.predict([InspectionInput(rgb, depth) for rgb, depth in parts.values()])
+    assert [r.object for r in results] == list(parts)
+    assert all(r.object_source == "predicted" for r in results)
+
+
 def test_incremental_step_refuses_an_enrolled_name(base):
     parent = InspectionModel(base.net, base.manifest)
     with pytest.raises(ConflictError, match="alpha"):

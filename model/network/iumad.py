@@ -15,7 +15,6 @@ from torch import nn
 from model.network.config import ModelConfig
 from model.network.feature_extractor import feature_jitter
 from model.network.fusion import InformationBottleneckFusion
-from model.network.mamba_decoder import LabelClassifier
 from model.network.reconstruction import ReconstructionBranch
 
 MODALITIES = ("rgb", "depth")
@@ -34,29 +33,82 @@ class IUMADNet(nn.Module):
                 "depth": ReconstructionBranch(config, depth_channels, num_classes),
             }
         )
-        self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(dim)) for m in MODALITIES})
+        # What the fusion module sees for a missing modality (only the fusion reads the hidden states).
+        self.missing = (
+            nn.ParameterDict({m: nn.Parameter(torch.zeros(dim)) for m in MODALITIES})
+            if config.use_ibfm
+            else None
+        )
         self.fusion = (
             InformationBottleneckFusion(config, rgb_channels, depth_channels, num_classes)
             if config.use_ibfm
             else None
         )
-        self.object_head = LabelClassifier(2 * dim, num_classes)
         # Feature standardisation, fixed at the base step so later steps keep the same feature space.
         for name, channels in (("rgb", rgb_channels), ("depth", depth_channels)):
             self.register_buffer(f"{name}_mean", torch.zeros(channels))
             self.register_buffer(f"{name}_std", torch.ones(channels))
+        # Object prediction: one prototype per object (its mean pooled standardised backbone features,
+        # RGB then depth) and its spread (mean squared distance of its own samples). The frozen backbone
+        # and the fixed standardisation mean an old object's prototype never goes stale, so predicting
+        # old objects cannot be forgotten, whereas a learned head trained in an incremental step sees
+        # only the new objects' labels and learns to answer the newest object for everything.
+        self.register_buffer("prototypes", torch.zeros(num_classes, rgb_channels + depth_channels))
+        self.register_buffer("prototype_spread", torch.zeros(num_classes))
 
     @property
     def num_classes(self) -> int:
-        return self.object_head.num_classes
+        return self.prototypes.shape[0]
 
     def grow(self, num_classes: int) -> None:
-        """Add logits for new objects; old objects keep their label index."""
+        """Add logits and prototype slots for new objects; old objects keep their label index."""
+        if num_classes < self.num_classes:
+            raise ValueError("a model never forgets objects by shrinking")
         for branch in self.branches.values():
             branch.grow(num_classes)
         if self.fusion is not None:
             self.fusion.grow(num_classes)
-        self.object_head.grow(num_classes)
+        extra = num_classes - self.num_classes
+        self.prototypes = torch.cat(
+            [self.prototypes, self.prototypes.new_zeros(extra, self.prototypes.shape[1])]
+        )
+        self.prototype_spread = torch.cat([self.prototype_spread, self.prototype_spread.new_zeros(extra)])
+
+    def pooled(self, rgb: torch.Tensor, depth: torch.Tensor, has_depth: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) backbone features -> (B, C_rgb + C_depth) mean standardised tokens (depth 0 if absent)."""
+        present = has_depth.to(depth.dtype).view(-1, 1)
+        return torch.cat(
+            [
+                self.standardise("rgb", rgb).mean(dim=(1, 2)),
+                self.standardise("depth", depth).mean(dim=(1, 2)) * present,
+            ],
+            dim=1,
+        )
+
+    def prototype_distances(self, pooled: torch.Tensor, has_depth: torch.Tensor) -> torch.Tensor:
+        """(B, K) squared distances to every prototype over the modalities the sample has."""
+        rgb_channels = self.rgb_mean.numel()
+        difference = (pooled[:, None, :] - self.prototypes[None]).pow(2)
+        rgb_part = difference[..., :rgb_channels].sum(-1)
+        depth_part = difference[..., rgb_channels:].sum(-1)
+        return rgb_part + depth_part * has_depth.to(pooled.dtype).view(-1, 1)
+
+    def set_prototype(
+        self, label: int, rgb: torch.Tensor, depth: torch.Tensor, has_depth: torch.Tensor
+    ) -> None:
+        """From one object's normal training features (N, C, h, w)."""
+        with torch.no_grad():
+            pooled = self.pooled(rgb, depth, has_depth)
+            self.prototypes[label] = pooled.mean(dim=0)
+            spread = self.prototype_distances(pooled, has_depth)[:, label].mean()
+            self.prototype_spread[label] = spread.clamp_min(1e-6)
+
+    def object_probabilities(
+        self, rgb: torch.Tensor, depth: torch.Tensor, has_depth: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, K): a softmax over `-d^2 / (2 spread)`, each object's distance in units of its own spread."""
+        distances = self.prototype_distances(self.pooled(rgb, depth, has_depth), has_depth)
+        return F.softmax(-0.5 * distances / self.prototype_spread.clamp_min(1e-6), dim=-1)
 
     def set_feature_statistics(self, rgb: torch.Tensor, depth: torch.Tensor | None) -> None:
         """Per-channel mean/std from (N, C, H, W) normal features of the base step (None: keep 0/1)."""
@@ -92,18 +144,17 @@ class IUMADNet(nn.Module):
                 tokens = feature_jitter(tokens, self.config.jitter_scale, self.config.jitter_probability)
             tokens = tokens * present[modality]
             state, reconstruction, logits = self.branches[modality](tokens)
-            mask = present[modality]
-            hidden[modality] = state * mask + self.missing[modality] * (1 - mask)
+            if self.missing is not None:
+                mask = present[modality]
+                hidden[modality] = state * mask + self.missing[modality] * (1 - mask)
             branch_reconstruction[modality] = reconstruction
             layer_logits[modality] = logits
 
-        pooled = torch.cat([hidden["rgb"], hidden["depth"]], dim=-1)
         outputs: dict[str, object] = {
             "original": original,
             "present": present,
             "branch_reconstruction": branch_reconstruction,
             "layer_logits": layer_logits,
-            "object_logits": self.object_head(pooled),
         }
         reconstruction = dict(branch_reconstruction)
         if self.fusion is not None:
@@ -130,5 +181,4 @@ class IUMADNet(nn.Module):
             difference = outputs["original"][modality] - outputs["reconstruction"][modality]
             error = difference.pow(2).mean(dim=-1) * outputs["present"][modality][:, :, :, 0]
             errors.append(error)
-        probabilities = F.softmax(outputs["object_logits"], dim=-1)
-        return torch.stack(errors, dim=1), probabilities
+        return torch.stack(errors, dim=1), self.object_probabilities(rgb, depth, has_depth)

@@ -20,7 +20,6 @@ class LossWeights:
     fusion: float = 1.0
     information_bottleneck: float = 1.0
     reconstruction: float = 1.0
-    object_head: float = 1.0
 
 
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -57,7 +56,6 @@ def iumad_losses(
                 * sum(masked_cross_entropy(logits, labels, present[modality]) for logits in layer_logits)
                 / len(layer_logits)
             )
-    terms["object_head"] = weights.object_head * F.cross_entropy(outputs["object_logits"], labels)
     if "fusion_reconstruction" in outputs:
         fusion_terms = [
             masked_mse(reconstruction, original[m], present[m])

@@ -334,6 +334,8 @@ def train_version(
         anchor = {k: v.detach().clone() for k, v in net.named_parameters()}
         net.grow(first_label + len(names))
         learning_rate = options.incremental_learning_rate
+    for name, features in train_sets.items():
+        net.set_prototype(label_of[name], features.rgb, features.depth, features.has_depth)
 
     # 3. Training loop.
     started = time.perf_counter()
