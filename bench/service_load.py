@@ -311,11 +311,15 @@ def offline_throughput(
     processes, PyTorch's intra-op threads driven from the main thread can be many times slower (an
     OpenMP team waiting on descheduled threads), which would flatter the service.
     """
+    from iumad.settings import get_settings
     from model.data.decode import decode_depth, decode_rgb
-    from model.inference import InspectionInput, InspectionModel, prepare_inputs
+    from model.export import load_serving_model
+    from model.inference import InspectionInput, prepare_inputs
     from service.runtime import resolve_device
 
-    model = InspectionModel.load(version_dir, device=resolve_device(device))
+    # The same backend the gateway serves with (IUMAD_INFERENCE_BACKEND), so the ratio compares like
+    # with like.
+    model = load_serving_model(version_dir, get_settings().inference_backend, resolve_device(device))
     item = InspectionInput(decode_rgb(rgb), decode_depth(depth))
     items = [item] * batch
     result: dict = {}
@@ -332,7 +336,8 @@ def offline_throughput(
     thread = threading.Thread(target=measure, name="offline-inference")
     thread.start()
     thread.join()
-    return {"version": model.version, "batch": batch, **result}
+    backend = get_settings().inference_backend
+    return {"version": model.version, "backend": backend, "batch": batch, **result}
 
 
 def find_version_dir(args: argparse.Namespace, model_version: str | None) -> Path | None:
@@ -385,7 +390,8 @@ def print_report(report: dict) -> None:
     offline = report.get("offline")
     if offline:
         print(
-            f"offline batched (batch {offline['batch']}): {offline['throughput_ips']} parts/s; "
+            f"offline batched ({offline.get('backend', 'torch')}, batch {offline['batch']}): "
+            f"{offline['throughput_ips']} parts/s; "
             f"service/offline = {report['service_vs_offline']}"
         )
     rss = report["service"]["server_rss_mb"]

@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='model config overrides as JSON (ib-iumad), e.g. \'{"use_mamba": false, "fusion": "add"}\'',
     )
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--anchor-weight", type=float, default=None, help="L2 pull towards the parent in incremental steps"
+    )
 
 
 def parse_config_overrides(text: str):
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"unknown method {args.method!r}; available: {', '.join(sorted(METHODS))}")
     objects = [name.strip() for name in args.objects.split(",")] if args.objects else None
     options: dict = {}
-    for key in ("epochs", "max_minutes", "base_max_minutes", "seed"):
+    for key in ("epochs", "max_minutes", "base_max_minutes", "seed", "anchor_weight"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     if args.config is not None:

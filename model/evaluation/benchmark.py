@@ -63,7 +63,15 @@ def _make_patchcore(image_size: int = 224, **options) -> IncrementalMethod:
 def _make_iumad(image_size: int = 224, **options: Any) -> IncrementalMethod:
     from model.evaluation.iumad_method import IUMADMethod
 
-    known = {"epochs", "holdout_fraction", "max_minutes", "base_max_minutes", "config", "seed"}
+    known = {
+        "epochs",
+        "holdout_fraction",
+        "max_minutes",
+        "base_max_minutes",
+        "config",
+        "seed",
+        "anchor_weight",
+    }
     unknown = sorted(set(options) - known)
     if unknown:
         raise InputError(f"method ib-iumad does not take option(s) {', '.join(unknown)}")

@@ -41,9 +41,12 @@ class IUMADMethod:
         base_max_minutes: float | None = None,
         config: ModelConfig | None = None,
         seed: int = 0,
+        anchor_weight: float | None = None,
     ) -> None:
         self.config = dataclasses.replace(config or ModelConfig(), image_size=image_size)
         options = TrainingOptions(seed=seed)
+        if anchor_weight is not None:
+            options = dataclasses.replace(options, anchor_weight=anchor_weight)
         if epochs is not None:
             options = dataclasses.replace(options, epochs=epochs)
         if max_minutes is not None:
