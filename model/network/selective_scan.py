@@ -3,7 +3,8 @@
 Four implementations with one signature (that of `mamba_ssm.selective_scan_fn`):
 - `selective_scan_reference`: float64, one step at a time; the ground truth for tests.
 - `selective_scan_fused`: the compiled CPU kernel (`scan_extension.py`), the default on CPU when it
-  is built; about 10x cheaper than the loop in training because no (L, B, D, N) tensor is ever formed.
+  is built; about 4x cheaper than the loop per scan (forward + backward) because no (L, B, D, N)
+  tensor is ever formed.
 - `selective_scan_torch`: a plain time loop over precomputed decays. On 2 CPU threads it beat
   log-depth parallel scans at these lengths, it exports to ONNX (the loop unrolls for a fixed grid),
   and it never forms `exp(cumsum(dt A))`, which overflows float32 when `dt |A|` is large.
