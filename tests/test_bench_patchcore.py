@@ -239,6 +239,21 @@ def test_bench_config_overrides_are_checked_before_any_work(synthetic_root, caps
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--max-minutes", "0", "--max-minutes must be positive"),
+        ("--base-max-minutes", "-2", "--base-max-minutes must be positive"),
+        ("--epochs", "0", "--epochs must be positive"),
+        ("--anchor-weight", "-1", "--anchor-weight must not be negative"),
+    ],
+)
+def test_bench_budget_options_are_checked_before_any_work(synthetic_root, capsys, option, value, message):
+    arguments = ["bench", "--data", str(synthetic_root), "--protocol", "3-0", option, value]
+    assert main(arguments) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_bench_config_overrides_reach_the_network_and_budgets_the_steps():
     from iumad.commands.bench import parse_config_overrides
     from model.evaluation.iumad_method import IUMADMethod

@@ -66,6 +66,11 @@ def run(args: argparse.Namespace) -> int:
     for key in ("epochs", "max_minutes", "base_max_minutes", "seed", "anchor_weight"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
+    for key in ("epochs", "max_minutes", "base_max_minutes"):
+        if key in options and not options[key] > 0:
+            raise InputError(f"--{key.replace('_', '-')} must be positive, got {options[key]}")
+    if options.get("anchor_weight", 0.0) < 0:
+        raise InputError(f"--anchor-weight must not be negative, got {options['anchor_weight']}")
     if args.config is not None:
         options["config"] = parse_config_overrides(args.config)
     results = run_benchmark(
