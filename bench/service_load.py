@@ -210,15 +210,27 @@ async def activate(client: httpx.AsyncClient, url: str, version: str, timeout_s:
     raise SystemExit(f"the gateway did not swap to {version} within {timeout_s:.0f} s")
 
 
-async def server_rss_mb(client: httpx.AsyncClient, url: str) -> float | None:
+async def server_process_metric(client: httpx.AsyncClient, url: str, name: str) -> float | None:
+    """One of the gateway's `process_*` gauges from /metrics (None when it cannot be read)."""
     try:
         text = (await client.get(f"{url}/metrics")).text
     except httpx.HTTPError:
         return None
     for line in text.splitlines():
-        if line.startswith("process_resident_memory_bytes "):
-            return round(float(line.split()[1]) / 2**20, 1)
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
     return None
+
+
+async def server_rss_mb(client: httpx.AsyncClient, url: str) -> float | None:
+    value = await server_process_metric(client, url, "process_resident_memory_bytes")
+    return None if value is None else round(value / 2**20, 1)
+
+
+def cpu_per_request_ms(cpu_seconds: float | None, phase: PhaseResult) -> float | None:
+    return (
+        round(1000 * cpu_seconds / phase.requests, 2) if cpu_seconds is not None and phase.requests else None
+    )
 
 
 async def run_service_phases(args: argparse.Namespace, rgb: bytes, depth: bytes) -> dict:
@@ -241,11 +253,28 @@ async def run_service_phases(args: argparse.Namespace, rgb: bytes, depth: bytes)
         single = Inspector(client, args.url, files, data)
         single_seconds = await closed_loop(single, 1, args.single_seconds)
         load = Inspector(client, args.url, files, data)
+        server_cpu_before = await server_process_metric(client, args.url, "process_cpu_seconds_total")
+        client_cpu_before = time.process_time()
         load_seconds = await closed_loop(load, args.clients, args.seconds)
+        client_cpu = time.process_time() - client_cpu_before
+        server_cpu_after = await server_process_metric(client, args.url, "process_cpu_seconds_total")
         phases = [
             summarise("single", single_seconds, single.latencies, single.failures),
             summarise(f"load x{args.clients}", load_seconds, load.latencies, load.failures),
         ]
+        # Where the two cores went during the load phase: the gateway process (model included) and
+        # this load generator, which shares the machine with it.
+        server_cpu = (
+            server_cpu_after - server_cpu_before
+            if server_cpu_after is not None and server_cpu_before is not None
+            else None
+        )
+        load_cpu = {
+            "server_cpu_s": None if server_cpu is None else round(server_cpu, 2),
+            "server_cpu_ms_per_request": cpu_per_request_ms(server_cpu, phases[1]),
+            "client_cpu_s": round(client_cpu, 2),
+            "client_cpu_ms_per_request": cpu_per_request_ms(client_cpu, phases[1]),
+        }
         if args.half_load and load.latencies:
             half = Inspector(client, args.url, files, data)
             rate = max(0.5, phases[1].throughput_rps / 2)
@@ -262,6 +291,7 @@ async def run_service_phases(args: argparse.Namespace, rgb: bytes, depth: bytes)
         "device": ready.get("device"),
         "phases": [asdict(phase) for phase in phases],
         "server_rss_mb": {"before": rss_before, "after": rss_after},
+        "load_cpu": load_cpu,
         "soak": soak,
         "swap": swap,
     }
@@ -326,12 +356,17 @@ def offline_throughput(
 
     def measure() -> None:
         model.predict_prepared(prepare_inputs(items, model.config.image_size), [None] * batch)  # warm-up
-        done, started = 0, time.perf_counter()
+        done, started, cpu_started = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - started < seconds:
             model.predict_prepared(prepare_inputs(items, model.config.image_size), [None] * batch)
             done += batch
         elapsed = time.perf_counter() - started
-        result.update(seconds=round(elapsed, 2), throughput_ips=round(done / elapsed, 2))
+        cpu_ms_per_pair = round(1000 * (time.process_time() - cpu_started) / done, 2)
+        result.update(
+            seconds=round(elapsed, 2),
+            throughput_ips=round(done / elapsed, 2),
+            cpu_ms_per_pair=cpu_ms_per_pair,
+        )
 
     thread = threading.Thread(target=measure, name="offline-inference")
     thread.start()
@@ -394,6 +429,13 @@ def print_report(report: dict) -> None:
             f"{offline['throughput_ips']} parts/s; "
             f"service/offline = {report['service_vs_offline']}"
         )
+    cpu = report["service"]["load_cpu"]
+    print(
+        f"load phase CPU: gateway {cpu['server_cpu_s']} s ({cpu['server_cpu_ms_per_request']} ms/request), "
+        f"load generator {cpu['client_cpu_s']} s ({cpu['client_cpu_ms_per_request']} ms/request)"
+    )
+    if offline and offline.get("cpu_ms_per_pair") is not None:
+        print(f"offline CPU: {offline['cpu_ms_per_pair']} ms/pair")
     rss = report["service"]["server_rss_mb"]
     print(f"server RSS: {rss['before']} MB before load, {rss['after']} MB after")
     swap = report["service"].get("swap")

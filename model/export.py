@@ -98,6 +98,11 @@ class OnnxInspectionModel(InspectionModel):
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        # Idle intra-op threads sleep instead of spinning: in a gateway the same cores decode uploads
+        # and encode answers between batches, and spinning threads took that time from them (8 clients,
+        # 2 cores: 52-58 -> 39-41 ms of CPU per request, and offline batched throughput did not drop;
+        # docs/BENCHMARKS.md, Service).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(str(onnx_path), options, providers=onnx_providers(device))
 
     @classmethod

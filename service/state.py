@@ -48,7 +48,8 @@ class AppState:
         return self.runtime.state.value in ("ready", "empty")
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    """The app's state (async: a cheap dependency FastAPI then calls on the event loop, not a thread)."""
     state = getattr(request.app.state, "iumad", None)
     if state is None:
         raise NotReadyError("the gateway is starting", retry_after_s=1)

@@ -260,6 +260,38 @@ def test_the_ring_is_bounded_and_never_queues_more_than_a_few_pictures() -> None
     assert latest["request_id"] == "late" and not latest["pictures_pending"] and latest["pictures"] is None
 
 
+def test_pictures_are_encoded_only_when_asked_for_and_then_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inspection pays for a thumbnail-size snapshot only; the PNGs are made on the first view."""
+    import service.recent as recent_module
+
+    rendered: list[Any] = []
+    real_render = recent_module.render_pictures
+
+    def counting_render(snapshot: Any) -> Any:
+        rendered.append(snapshot)
+        return real_render(snapshot)
+
+    monkeypatch.setattr(recent_module, "render_pictures", counting_render)
+    recent = RecentInspections(capacity=4)
+    pool = _Pool()
+    rgb = np.full((900, 600, 3), 77, np.uint8)
+    for index in range(3):
+        recent.capture(pool, rgb, *_fake("a", float(index), index == 2, f"r{index}"))  # type: ignore[arg-type]
+    pool.run_all()
+    items = recent.recent()
+    assert rendered == [] and all(item["pictures"] for item in items)  # listed, not yet encoded
+    assert items[0]["pictures"] == {"width": 171, "height": THUMBNAIL_SIZE, "outline": True}
+
+    heatmap = recent.picture(items[0]["id"], "heatmap")
+    assert heatmap is not None and len(rendered) == 1
+    assert recent.picture(items[0]["id"], "rgb") is not None and recent.picture(items[0]["id"], "outline")
+    assert recent.picture(items[0]["id"], "heatmap") is heatmap and len(rendered) == 1  # kept
+    thumbnail = Image.open(io.BytesIO(recent.picture(items[0]["id"], "rgb") or b""))
+    assert thumbnail.size == (171, THUMBNAIL_SIZE) and thumbnail.getpixel((80, 120)) == (77, 77, 77)
+    assert recent.picture(items[1]["id"], "outline") is None  # a passing part has no outline
+    assert len(rendered) == 2
+
+
 # ------------------------------------------------------------------- in the browser, real processes
 
 
