@@ -5,10 +5,13 @@
 
 Phases, one after the other so they do not compete for the CPU:
 1. single: one client, sequential requests -> the single-request latency (p50);
-2. load: N concurrent clients (closed loop) for T seconds -> throughput, p50/p99, failures;
-3. half (optional, --half-load): open loop at half the measured throughput -> p99 at that load;
-4. offline: the same model version in this process, `prepare_inputs` + `predict_prepared` on batches
-   of --batch -> the model's batched throughput; the service's throughput is reported as a fraction of it.
+2. load: N concurrent clients (closed loop) for T seconds -> throughput, p50/p99, failures, and the
+   CPU the gateway and this load generator used per request; split into --rounds rounds, each
+   followed by
+3. offline: the same model version in this process, `prepare_inputs` + `predict_prepared` on batches
+   of --batch -> the model's batched throughput, while the gateway idles. The service's throughput is
+   reported as a fraction of it: the median over the rounds of (service round / offline right after);
+4. half (optional, --half-load): open loop at half the measured throughput -> p99 at that load.
 Every request posts the same 224 px RGB PNG + float32 depth TIFF pair (encoded once, up front).
 The server's RSS (from /metrics) is read before and after the load phases, to show drift.
 """
@@ -24,7 +27,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -252,23 +254,40 @@ async def run_service_phases(args: argparse.Namespace, rgb: bytes, depth: bytes)
 
         single = Inspector(client, args.url, files, data)
         single_seconds = await closed_loop(single, 1, args.single_seconds)
+        offline = OfflineModel.load(args, ready.get("model_version"), rgb, depth)
         load = Inspector(client, args.url, files, data)
-        server_cpu_before = await server_process_metric(client, args.url, "process_cpu_seconds_total")
-        client_cpu_before = time.process_time()
-        load_seconds = await closed_loop(load, args.clients, args.seconds)
-        client_cpu = time.process_time() - client_cpu_before
-        server_cpu_after = await server_process_metric(client, args.url, "process_cpu_seconds_total")
+        rounds: list[dict] = []
+        load_seconds = client_cpu = 0.0
+        server_cpu: float | None = 0.0
+        for _ in range(args.rounds):
+            # Service and offline alternate, so that a slower minute of a shared machine weighs on both.
+            requests_before = len(load.latencies) + sum(load.failures.values())
+            server_cpu_before = await server_process_metric(client, args.url, "process_cpu_seconds_total")
+            client_cpu_before = time.process_time()
+            seconds = await closed_loop(load, args.clients, args.seconds / args.rounds)
+            client_cpu += time.process_time() - client_cpu_before
+            server_cpu_after = await server_process_metric(client, args.url, "process_cpu_seconds_total")
+            if server_cpu is not None and server_cpu_before is not None and server_cpu_after is not None:
+                server_cpu += server_cpu_after - server_cpu_before
+            else:
+                server_cpu = None
+            load_seconds += seconds
+            answered = len(load.latencies) + sum(load.failures.values()) - requests_before
+            entry = {"service_rps": round(answered / seconds, 2)}
+            if offline is not None:
+                measured = await asyncio.to_thread(offline.measure, args.offline_seconds / args.rounds)
+                entry |= {
+                    "offline_ips": measured["throughput_ips"],
+                    "ratio": round(entry["service_rps"] / measured["throughput_ips"], 3),
+                    "offline_cpu_ms_per_pair": measured["cpu_ms_per_pair"],
+                }
+            rounds.append(entry)
         phases = [
             summarise("single", single_seconds, single.latencies, single.failures),
             summarise(f"load x{args.clients}", load_seconds, load.latencies, load.failures),
         ]
         # Where the two cores went during the load phase: the gateway process (model included) and
         # this load generator, which shares the machine with it.
-        server_cpu = (
-            server_cpu_after - server_cpu_before
-            if server_cpu_after is not None and server_cpu_before is not None
-            else None
-        )
         load_cpu = {
             "server_cpu_s": None if server_cpu is None else round(server_cpu, 2),
             "server_cpu_ms_per_request": cpu_per_request_ms(server_cpu, phases[1]),
@@ -292,6 +311,8 @@ async def run_service_phases(args: argparse.Namespace, rgb: bytes, depth: bytes)
         "phases": [asdict(phase) for phase in phases],
         "server_rss_mb": {"before": rss_before, "after": rss_after},
         "load_cpu": load_cpu,
+        "rounds": rounds,
+        "offline": None if offline is None else offline.describe(rounds),
         "soak": soak,
         "swap": swap,
     }
@@ -332,47 +353,64 @@ async def soak_phase(
     }
 
 
-def offline_throughput(
-    version_dir: Path, rgb: bytes, depth: bytes, batch: int, seconds: float, device: str
-) -> dict:
+class OfflineModel:
     """The model alone, batched: preprocessing + model call, no HTTP, no decoding.
 
-    It runs in a dedicated thread, like the gateway's inference thread: on a CPU shared with other
-    processes, PyTorch's intra-op threads driven from the main thread can be many times slower (an
-    OpenMP team waiting on descheduled threads), which would flatter the service.
+    Loaded in this process once, measured between the load rounds while the gateway idles. Each
+    measurement runs in a worker thread, like the gateway's inference thread: on a CPU shared with
+    other processes, PyTorch's intra-op threads driven from the main thread can be many times slower
+    (an OpenMP team waiting on descheduled threads), which would flatter the service.
     """
-    from iumad.settings import get_settings
-    from model.data.decode import decode_depth, decode_rgb
-    from model.export import load_serving_model
-    from model.inference import InspectionInput, prepare_inputs
-    from service.runtime import resolve_device
 
-    # The same backend the gateway serves with (IUMAD_INFERENCE_BACKEND), so the ratio compares like
-    # with like.
-    model = load_serving_model(version_dir, get_settings().inference_backend, resolve_device(device))
-    item = InspectionInput(decode_rgb(rgb), decode_depth(depth))
-    items = [item] * batch
-    result: dict = {}
+    def __init__(self, model, items: list, batch: int) -> None:
+        self.model, self.items, self.batch = model, items, batch
 
-    def measure() -> None:
-        model.predict_prepared(prepare_inputs(items, model.config.image_size), [None] * batch)  # warm-up
+    @classmethod
+    def load(cls, args: argparse.Namespace, model_version: str | None, rgb: bytes, depth: bytes):
+        version_dir = find_version_dir(args, model_version)
+        if version_dir is None or args.offline_seconds <= 0:
+            return None
+        from iumad.settings import get_settings
+        from model.data.decode import decode_depth, decode_rgb
+        from model.export import load_serving_model
+        from model.inference import InspectionInput
+        from service.runtime import resolve_device
+
+        # The same backend the gateway serves with (IUMAD_INFERENCE_BACKEND), so the ratio compares
+        # like with like.
+        model = load_serving_model(version_dir, get_settings().inference_backend, resolve_device(args.device))
+        item = InspectionInput(decode_rgb(rgb), decode_depth(depth))
+        offline = cls(model, [item] * args.batch, args.batch)
+        offline.measure(0.0)  # warm-up
+        return offline
+
+    def measure(self, seconds: float) -> dict:
+        from model.inference import prepare_inputs
+
+        size, nothing = self.model.config.image_size, [None] * self.batch
         done, started, cpu_started = 0, time.perf_counter(), time.process_time()
-        while time.perf_counter() - started < seconds:
-            model.predict_prepared(prepare_inputs(items, model.config.image_size), [None] * batch)
-            done += batch
+        while done == 0 or time.perf_counter() - started < seconds:
+            self.model.predict_prepared(prepare_inputs(self.items, size), nothing)
+            done += self.batch
         elapsed = time.perf_counter() - started
-        cpu_ms_per_pair = round(1000 * (time.process_time() - cpu_started) / done, 2)
-        result.update(
-            seconds=round(elapsed, 2),
-            throughput_ips=round(done / elapsed, 2),
-            cpu_ms_per_pair=cpu_ms_per_pair,
-        )
+        return {
+            "seconds": round(elapsed, 2),
+            "throughput_ips": round(done / elapsed, 2),
+            "cpu_ms_per_pair": round(1000 * (time.process_time() - cpu_started) / done, 2),
+        }
 
-    thread = threading.Thread(target=measure, name="offline-inference")
-    thread.start()
-    thread.join()
-    backend = get_settings().inference_backend
-    return {"version": model.version, "backend": backend, "batch": batch, **result}
+    def describe(self, rounds: list[dict]) -> dict:
+        from iumad.settings import get_settings
+
+        values = [entry["offline_ips"] for entry in rounds]
+        cpu = [entry["offline_cpu_ms_per_pair"] for entry in rounds]
+        return {
+            "version": self.model.version,
+            "backend": get_settings().inference_backend,
+            "batch": self.batch,
+            "throughput_ips": round(float(np.median(values)), 2),
+            "cpu_ms_per_pair": round(float(np.median(cpu)), 2),
+        }
 
 
 def find_version_dir(args: argparse.Namespace, model_version: str | None) -> Path | None:
@@ -427,8 +465,13 @@ def print_report(report: dict) -> None:
         print(
             f"offline batched ({offline.get('backend', 'torch')}, batch {offline['batch']}): "
             f"{offline['throughput_ips']} parts/s; "
-            f"service/offline = {report['service_vs_offline']}"
+            f"service/offline = {report['service_vs_offline']} (median of the rounds)"
         )
+        for number, entry in enumerate(report["service"]["rounds"], 1):
+            print(
+                f"  round {number}: service {entry['service_rps']} req/s, offline {entry['offline_ips']} "
+                f"pairs/s, ratio {entry['ratio']}"
+            )
     cpu = report["service"]["load_cpu"]
     print(
         f"load phase CPU: gateway {cpu['server_cpu_s']} s ({cpu['server_cpu_ms_per_request']} ms/request), "
@@ -479,10 +522,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch", type=int, default=8, help="offline batch size (use the server's max batch)"
     )
-    parser.add_argument("--offline-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--offline-seconds", type=float, default=10.0, help="offline measurement in all (0: none)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="split the load phase and the offline measurement into this many alternating rounds",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args(argv)
+    if args.rounds < 1 or args.clients < 1 or args.seconds <= 0:
+        parser.error("--rounds and --clients must be at least 1 and --seconds positive")
 
     rgb, depth = synthetic_pair(args.size)
     process = None
@@ -497,15 +550,11 @@ def main(argv: list[str] | None = None) -> int:
             process.send_signal(signal.SIGTERM)
             process.wait(60)
     report: dict = {"url": args.url, "size": args.size, "clients": args.clients, "service": service}
-    version_dir = find_version_dir(args, service["model_version"])
-    if version_dir is not None and args.offline_seconds > 0:
-        report["offline"] = offline_throughput(
-            version_dir, rgb, depth, args.batch, args.offline_seconds, args.device
-        )
-        load_phase = service["phases"][1]
-        report["service_vs_offline"] = round(
-            load_phase["throughput_rps"] / report["offline"]["throughput_ips"], 3
-        )
+    if service["offline"] is not None:
+        report["offline"] = service["offline"]
+        # The median of the rounds' ratios: each compares a service round with the offline
+        # measurement right after it.
+        report["service_vs_offline"] = round(float(np.median([r["ratio"] for r in service["rounds"]])), 3)
     print_report(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
