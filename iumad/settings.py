@@ -65,6 +65,12 @@ class Settings(BaseSettings):
         "(default: the CPU profile without Mamba decoders and IBFM; {} = the paper's full network).",
     )
     train_epochs: int | None = Field(None, description="Training epochs per enrolment; unset = default.")
+    anchor_weight: float | None = Field(
+        None,
+        ge=0,
+        description="Pull of an incremental step towards its parent's weights; unset = the default (1.0). "
+        "Lower learns new objects better and forgets old ones more (docs/BENCHMARKS.md, 6-1x4).",
+    )
 
     keep_rejected_images: bool = False
     rejected_max_mb: int = 1024

@@ -226,3 +226,21 @@ def test_hard_cancel_kills_the_work_horse(stack: Stack, synthetic_root: Path) ->
     assert record.status == "canceled" and "killed" in record.message
     assert stack.registry.active() is None and stack.versions_on_disk() == []
     assert worker.poll() is None, "the worker itself survives and takes the next job"
+
+
+def test_enrolment_training_options_follow_the_settings(tmp_path: Path) -> None:
+    """The job's budget share, and the operator's epoch and anchor overrides (unset: the defaults)."""
+    from model.training.trainer import TrainingOptions
+    from workers.jobs import TRAINING_SHARE, enrolment_training_options
+
+    defaults = enrolment_training_options(Settings(data_dir=tmp_path), 100.0)
+    assert defaults.max_seconds == 100.0 * TRAINING_SHARE
+    assert defaults.anchor_weight == TrainingOptions().anchor_weight == 1.0
+    assert defaults.epochs == TrainingOptions().epochs
+    tuned = enrolment_training_options(Settings(data_dir=tmp_path, anchor_weight=0.1, train_epochs=7), 10.0)
+    assert (tuned.anchor_weight, tuned.epochs) == (0.1, 7)
+
+
+def test_a_negative_anchor_weight_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="anchor_weight"):
+        Settings(data_dir=tmp_path, anchor_weight=-1.0)

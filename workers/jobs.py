@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis import Redis
 from redis.exceptions import RedisError as RedisClientError
@@ -35,6 +35,9 @@ from workers.job_store import JobRecord, JobStore
 from workers.lineage_lock import LineageLock
 from workers.registry import ModelRegistry, StaleActivationError
 from workers.storage import StoredEnrolment, discard_enrolment, load_enrolment, sample_source
+
+if TYPE_CHECKING:
+    from model.training.trainer import TrainingOptions
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +105,18 @@ def die_with_parent() -> None:
         return
     if os.getppid() != parent:
         os._exit(1)
+
+
+def enrolment_training_options(settings: Settings, remaining_s: float) -> TrainingOptions:
+    """The training options of an enrolment job: its share of the time left, and the settings' overrides."""
+    from model.training.trainer import TrainingOptions
+
+    options = TrainingOptions(max_seconds=remaining_s * TRAINING_SHARE, seed=0)
+    if settings.train_epochs is not None:
+        options.epochs = settings.train_epochs
+    if settings.anchor_weight is not None:
+        options.anchor_weight = settings.anchor_weight
+    return options
 
 
 class JobCancelled(Exception):
@@ -244,7 +259,6 @@ class EnrolmentRun:
         from model.training.trainer import (
             ObjectSamples,
             TrainingCancelled,
-            TrainingOptions,
             extract_features,
             train_version,
         )
@@ -312,10 +326,7 @@ class EnrolmentRun:
                         config.image_size,
                         should_cancel=self.should_cancel,
                     )
-        remaining = max(5.0, self.deadline - time.time())
-        options = TrainingOptions(max_seconds=remaining * TRAINING_SHARE, seed=0)
-        if settings.train_epochs is not None:
-            options.epochs = settings.train_epochs
+        options = enrolment_training_options(settings, max(5.0, self.deadline - time.time()))
         version = new_version_id()
         try:
             result = train_version(
