@@ -48,13 +48,13 @@ def random_version(config: ModelConfig, objects: int = 10) -> InspectionModel:
     return InspectionModel(net, manifest)
 
 
-def parts(count: int, size: int, seed: int = 0) -> list[InspectionInput]:
+def parts(count: int, size: int, object_name: str, seed: int = 0) -> list[InspectionInput]:
     rng = np.random.default_rng(seed)
     return [
         InspectionInput(
             rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
             (0.4 + 0.05 * rng.random((size, size))).astype(np.float32),
-            "object0",
+            object_name,
         )
         for _ in range(count)
     ]
@@ -95,7 +95,7 @@ def time_batch(
     repeats: int,
 ) -> dict[str, float]:
     size = model.config.image_size
-    items = parts(batch_size, size)
+    items = parts(batch_size, size, model.objects[0].name)  # a trained --model has its own names
     prepared = prepare_inputs(items, size)
     objects = [item.object for item in items]
 
