@@ -6,14 +6,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IUMAD_", env_file=None, extra="ignore")
 
-    data_dir: Path = Field(Path("./iumad-data"), description="Samples, model versions, logs, embedded Redis.")
+    data_dir: Path = Field(
+        Path("./iumad-data"),
+        validate_default=True,
+        description="Samples, model versions, logs, embedded Redis; relative = to the working directory.",
+    )
     redis_url: str | None = Field(None, description="Redis URL; unset = start an embedded Redis.")
     queue_name: str = "iumad-training"
 
@@ -75,6 +79,13 @@ class Settings(BaseSettings):
     keep_rejected_images: bool = False
     rejected_max_mb: int = 1024
     rejected_max_age_days: int = 30
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        """Resolved once, here: every process (gateway, embedded Redis, workers) gets the same absolute
+        path, whatever its working directory (Redis changes into its own `--dir`)."""
+        return value.expanduser().resolve()
 
     @property
     def auth_enabled(self) -> bool:

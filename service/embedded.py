@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from redis import Redis
@@ -56,7 +57,8 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_for_redis(url: str, timeout_s: float = 10.0) -> None:
+def wait_for_redis(url: str, timeout_s: float = 10.0, gave_up: Callable[[], bool] | None = None) -> None:
+    """Ping until Redis answers; raise after `timeout_s`, or at once when `gave_up()` (its process died)."""
     deadline = time.monotonic() + timeout_s
     client = Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
     try:
@@ -65,7 +67,7 @@ def wait_for_redis(url: str, timeout_s: float = 10.0) -> None:
                 client.ping()
                 return
             except RedisError:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or (gave_up is not None and gave_up()):
                     raise
                 time.sleep(0.05)
     finally:
@@ -78,7 +80,7 @@ class RedisServerProcess:
     def __init__(
         self, directory: Path, port: int | None = None, use_unix_socket: bool = True, appendonly: bool = True
     ) -> None:
-        self.directory = Path(directory)
+        self.directory = Path(directory).expanduser().resolve()  # redis-server changes into --dir
         self.directory.mkdir(parents=True, exist_ok=True)
         socket_path = self.directory / "redis.sock"
         self.socket_path = (
@@ -97,6 +99,15 @@ class RedisServerProcess:
     @property
     def pid_file(self) -> Path:
         return self.directory / "redis.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "redis.log"
+
+    @property
+    def output_file(self) -> Path:
+        """What the server prints before its log file is open (e.g. why it cannot open it)."""
+        return self.directory / "redis-server.out"
 
     def stop_leftover(self, timeout_s: float = 10.0) -> None:
         """A server left running by a gateway that was killed holds our files: stop it first."""
@@ -134,24 +145,41 @@ class RedisServerProcess:
             "--protected-mode",
             "yes",
             "--logfile",
-            str(self.directory / "redis.log"),
+            str(self.log_file),
         ]
         if self.socket_path is not None:
             command += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
-        self.process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        with self.output_file.open("wb") as output:
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
-            wait_for_redis(self.url, timeout_s)
+            wait_for_redis(self.url, timeout_s, gave_up=lambda: self.process.poll() is not None)
         except RedisError as error:
+            reason = self._failure_reason(error)
             self.stop()
-            raise IumadError(
-                f"the embedded Redis did not start (see {self.directory / 'redis.log'})"
-            ) from error
+            raise IumadError(f"the embedded Redis did not start: {reason}") from error
+
+    def _failure_reason(self, error: RedisError) -> str:
+        """Why it did not come up, in words an operator can act on: exit status, output, log, paths."""
+        assert self.process is not None
+        returncode = self.process.poll()
+        state = (
+            f"redis-server exited with status {returncode}"
+            if returncode is not None
+            else f"redis-server (pid {self.process.pid}) did not answer at {self.url} ({error})"
+        )
+        said = [
+            f"{path.name}: {text}"
+            for path in (self.output_file, self.log_file)
+            if (text := _last_lines(path))
+        ]
+        where = f"directory {self.directory}; log {self.log_file}"
+        return "; ".join([state, *said, where])
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -173,6 +201,14 @@ class RedisServerProcess:
         if process is not None and process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _last_lines(path: Path, count: int = 5) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in lines[-count:])
 
 
 class WorkerProcess:
@@ -235,9 +271,13 @@ class EmbeddedServices:
     """Embedded Redis + one worker, supervised: restarted with back-off if either exits."""
 
     def __init__(self, data_dir: Path, start_worker: bool = True) -> None:
-        self.redis = RedisServerProcess(Path(data_dir) / "redis")
+        data_dir = Path(data_dir).expanduser().resolve()
+        self.redis = RedisServerProcess(data_dir / "redis")
+        worker_env = {**os.environ, "IUMAD_DATA_DIR": str(data_dir)}  # the same folder, whatever its cwd
         self.worker = (
-            WorkerProcess(self.redis.url, Path(data_dir) / "logs" / "worker.log") if start_worker else None
+            WorkerProcess(self.redis.url, data_dir / "logs" / "worker.log", env=worker_env)
+            if start_worker
+            else None
         )
         self._stop = threading.Event()
         self._supervisor: threading.Thread | None = None
