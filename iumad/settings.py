@@ -9,6 +9,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.network.presets import PRESETS, SHIPPED_PRESET
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IUMAD_", env_file=None, extra="ignore")
@@ -60,13 +62,16 @@ class Settings(BaseSettings):
     cancel_grace_s: float = Field(
         10.0, description="Seconds a running job gets to stop cooperatively before it is killed."
     )
-    # The CPU profile: the network without Mamba decoders and IBFM. On 2 CPU cores it trains 2.5x more
-    # steps per minute and detects better (unified 10-0 mean I-AUROC 88.7 against 77.3 for the full
-    # IB-IUMAD network; docs/BENCHMARKS.md). `{}` selects the paper's full network (model/network/config.py).
+    network_preset: str = Field(
+        SHIPPED_PRESET,
+        description="The network a first (base) enrolment builds: one of model/network/presets.py "
+        "(cpu: no Mamba decoders, no IBFM, object adapters, the measured CPU default; full: with "
+        "Mamba decoders and IBFM; paper: the paper's network without object adapters).",
+    )
     network_config: dict[str, Any] = Field(
-        default_factory=lambda: {"use_mamba": False, "use_ibfm": False},
-        description="JSON overrides of the model config for a first (base) enrolment "
-        "(default: the CPU profile without Mamba decoders and IBFM; {} = the paper's full network).",
+        default_factory=dict,
+        description="JSON overrides of the preset's model config for a first (base) enrolment, "
+        'e.g. {"hidden_size": 256}.',
     )
     train_epochs: int | None = Field(None, description="Training epochs per enrolment; unset = default.")
     anchor_weight: float | None = Field(
@@ -86,6 +91,13 @@ class Settings(BaseSettings):
         """Resolved once, here: every process (gateway, embedded Redis, workers) gets the same absolute
         path, whatever its working directory (Redis changes into its own `--dir`)."""
         return value.expanduser().resolve()
+
+    @field_validator("network_preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        if value not in PRESETS:
+            raise ValueError(f"unknown network preset {value!r}; known presets: {', '.join(PRESETS)}")
+        return value
 
     @property
     def auth_enabled(self) -> bool:

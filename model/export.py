@@ -25,24 +25,25 @@ from model.network.iumad import IUMADNet
 log = logging.getLogger(__name__)
 
 OPSET = 17
-INPUTS = ("rgb", "depth", "has_depth")
+INPUTS = ("rgb", "depth", "has_depth", "objects")
 OUTPUTS = ("errors", "probabilities")
 
 
 class InferenceGraph(nn.Module):
-    """(rgb, depth images in [0, 1], has_depth 0/1) -> (error maps (B, 2, h, w), object probabilities)."""
+    """(rgb, depth images in [0, 1], has_depth 0/1, objects: label or -1 = predict) -> (error maps
+    (B, 2, h, w), object probabilities)."""
 
     def __init__(self, features: MultiScaleFeatures, net: IUMADNet) -> None:
         super().__init__()
         self.features = features
         self.net = net
 
-    def forward(self, rgb: torch.Tensor, depth: torch.Tensor, has_depth: torch.Tensor):
+    def forward(self, rgb: torch.Tensor, depth: torch.Tensor, has_depth: torch.Tensor, objects: torch.Tensor):
         has_depth_bool = has_depth > 0.5
         rgb_features = self.features(rgb)
         depth_features = self.features(depth) * has_depth.view(-1, 1, 1, 1)
         return self.net.error_maps(
-            rgb_features, depth_features, torch.ones_like(has_depth_bool), has_depth_bool
+            rgb_features, depth_features, torch.ones_like(has_depth_bool), has_depth_bool, objects
         )
 
 
@@ -50,7 +51,12 @@ def export_onnx(model: InspectionModel, out: Path) -> Path:
     """Write the inference graph of `model` to `out` with a dynamic batch axis."""
     graph = InferenceGraph(model.features, model.net).eval().cpu()
     size = model.config.image_size
-    example = (torch.rand(2, 3, size, size), torch.rand(2, 3, size, size), torch.ones(2))
+    example = (
+        torch.rand(2, 3, size, size),
+        torch.rand(2, 3, size, size),
+        torch.ones(2),
+        torch.tensor([0, -1], dtype=torch.long),
+    )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(out.name + ".tmp")
@@ -104,6 +110,7 @@ class OnnxInspectionModel(InspectionModel):
         # docs/BENCHMARKS.md, Service).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(str(onnx_path), options, providers=onnx_providers(device))
+        self.input_names = {item.name for item in self.session.get_inputs()}
 
     @classmethod
     def load(
@@ -112,19 +119,20 @@ class OnnxInspectionModel(InspectionModel):
         net, manifest = load_version(directory)
         return cls(net, manifest, verify_file(directory, manifest, ONNX_FILE), device)
 
-    def run_graph(self, batch: PreparedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        errors, probabilities = self.session.run(
-            list(OUTPUTS),
-            {
-                "rgb": batch.rgb.numpy(),
-                "depth": batch.depth.numpy(),
-                "has_depth": batch.has_depth.numpy().astype(np.float32),
-            },
-        )
+    def run_graph(self, batch: PreparedBatch, objects) -> tuple[torch.Tensor, torch.Tensor]:
+        feeds = {
+            "rgb": batch.rgb.numpy(),
+            "depth": batch.depth.numpy(),
+            "has_depth": batch.has_depth.numpy().astype(np.float32),
+            "objects": self.labels_for(objects).numpy(),
+        }
+        # A graph exported before object adapters (no `objects` input) still serves.
+        feeds = {name: value for name, value in feeds.items() if name in self.input_names}
+        errors, probabilities = self.session.run(list(OUTPUTS), feeds)
         return torch.from_numpy(errors), torch.from_numpy(probabilities)
 
     def predict_prepared(self, batch: PreparedBatch, objects) -> list[Prediction]:
-        errors, probabilities = self.run_graph(batch)
+        errors, probabilities = self.run_graph(batch, objects)
         return self.finish(errors, probabilities, batch, objects)
 
 

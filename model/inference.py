@@ -169,6 +169,12 @@ class InspectionModel:
             depth = torch.zeros_like(rgb)
         return rgb, depth
 
+    def labels_for(self, objects: Sequence[str | None]) -> torch.Tensor:
+        """(B,) label indices of the named objects; -1 where none is named (the network predicts it)."""
+        return torch.tensor(
+            [self.object(name).label if name is not None else -1 for name in objects], dtype=torch.long
+        )
+
     @torch.inference_mode()
     def errors(
         self,
@@ -176,17 +182,21 @@ class InspectionModel:
         depth_features: torch.Tensor,
         has_rgb: torch.Tensor,
         has_depth: torch.Tensor,
+        objects: Sequence[str | None],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.net.error_maps(
             rgb_features.to(self.device),
             depth_features.to(self.device),
             has_rgb.to(self.device),
             has_depth.to(self.device),
+            self.labels_for(objects).to(self.device),
         )
 
     def predict_prepared(self, batch: PreparedBatch, objects: Sequence[str | None]) -> list[Prediction]:
         rgb_features, depth_features = self.extract(batch)
-        errors, probabilities = self.errors(rgb_features, depth_features, batch.has_rgb, batch.has_depth)
+        errors, probabilities = self.errors(
+            rgb_features, depth_features, batch.has_rgb, batch.has_depth, objects
+        )
         return self.finish(errors.cpu(), probabilities.cpu(), batch, objects)
 
     @torch.inference_mode()

@@ -93,6 +93,22 @@ def test_rgb_without_depth(small_mvtec):
     assert len(problems) == 1 and "001.png" in problems[0]
 
 
+def remove_depth(object_dir: Path) -> None:
+    """Make an object RGB-only, as a station without a depth camera records it."""
+    for folder in object_dir.glob("*/*/xyz"):
+        shutil.rmtree(folder)
+
+
+def test_an_object_without_any_xyz_folder_is_rgb_only(small_mvtec):
+    remove_depth(small_mvtec / "disc")
+    for split in ("train", "validation", "test"):
+        samples = list_samples(small_mvtec, "disc", split)
+        assert samples and all(s.depth_path is None for s in samples)
+    loaded = load_sample(list_samples(small_mvtec, "disc", "test")[-1])
+    assert loaded.depth is None and loaded.gt is not None and loaded.gt.any()
+    assert all(s.depth_path is not None for s in list_samples(small_mvtec, "ring", "train"))
+
+
 def test_anomalous_test_image_without_mask(small_mvtec):
     kind = next(p.name for p in (small_mvtec / "disc" / "test").iterdir() if p.name != "good")
     (small_mvtec / "disc" / "test" / kind / "gt" / "000.png").unlink()

@@ -229,15 +229,22 @@ def test_hard_cancel_kills_the_work_horse(stack: Stack, synthetic_root: Path) ->
 
 
 def test_enrolment_training_options_follow_the_settings(tmp_path: Path) -> None:
-    """The job's budget share, and the operator's epoch and anchor overrides (unset: the defaults)."""
+    """The loop ends before the job's deadline, leaving the after-training reserve, with no epoch cap
+    (the budget decides); the operator's epoch and anchor overrides apply (unset: the defaults)."""
     from model.training.trainer import TrainingOptions
-    from workers.jobs import TRAINING_SHARE, enrolment_training_options
+    from workers.jobs import (
+        AFTER_TRAINING_RESERVE_S,
+        AFTER_TRAINING_RESERVE_SHARE,
+        enrolment_training_options,
+    )
 
-    defaults = enrolment_training_options(Settings(data_dir=tmp_path), 100.0)
-    assert defaults.max_seconds == 100.0 * TRAINING_SHARE
+    defaults = enrolment_training_options(Settings(data_dir=tmp_path), 1000.0, 1300.0)
+    assert defaults.finish_by == 1300.0 - AFTER_TRAINING_RESERVE_S - AFTER_TRAINING_RESERVE_SHARE * 300.0
+    assert defaults.max_seconds is None and defaults.epochs is None
     assert defaults.anchor_weight == TrainingOptions().anchor_weight == 1.0
-    assert defaults.epochs == TrainingOptions().epochs
-    tuned = enrolment_training_options(Settings(data_dir=tmp_path, anchor_weight=0.1, train_epochs=7), 10.0)
+    tuned = enrolment_training_options(
+        Settings(data_dir=tmp_path, anchor_weight=0.1, train_epochs=7), 1000.0, 1010.0
+    )
     assert (tuned.anchor_weight, tuned.epochs) == (0.1, 7)
 
 

@@ -73,6 +73,21 @@ def test_a_missing_modality_contributes_no_error_and_does_not_change_the_other()
     torch.testing.assert_close(errors, garbage)
 
 
+@pytest.mark.parametrize("overrides", [{}, {"use_mamba": False, "use_ibfm": False}])
+def test_a_batch_without_depth_skips_the_depth_branch_and_scores_the_same(overrides, monkeypatch):
+    net = _net(**overrides).eval()
+    rgb, depth, has_rgb, has_depth = _batch(2)
+    has_depth[1] = False
+    mixed, _ = net.error_maps(rgb, depth, has_rgb, has_depth)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the depth branch ran for a batch without depth")
+
+    monkeypatch.setattr(net.branches["depth"], "forward", refuse)
+    alone, _ = net.error_maps(rgb[1:], depth[1:], has_rgb[1:], has_depth[1:])
+    torch.testing.assert_close(alone, mixed[1:], atol=1e-5, rtol=1e-4)
+
+
 def _count(net):
     return sum(p.numel() for p in net.parameters())
 

@@ -1,5 +1,7 @@
 """Base and incremental steps: the loss falls, labels keep their index, calibration meets its target."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,14 @@ from tiny_model import TINY_CONFIG, TINY_OPTIONS, sample_source, tiny_objects, t
 from model.errors import ConflictError, InputError
 from model.inference import InspectionInput, InspectionModel
 from model.training.calibration import threshold_for_false_reject_rate
-from model.training.trainer import ObjectSamples, TrainingCancelled, TrainingOptions, train_version
+from model.training.trainer import (
+    DEFAULT_EPOCHS,
+    ObjectSamples,
+    TrainingCancelled,
+    TrainingOptions,
+    _learning_rate_factor,
+    train_version,
+)
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +128,44 @@ def test_bad_training_input_is_named():
 def test_time_budget_shrinks_the_schedule():
     result = train_tiny(("alpha",), options=TrainingOptions(epochs=500, batch_size=2, max_seconds=0.5))
     assert result.manifest.training["steps"] < 500 * 3
+
+
+class StepClock:
+    """A fake `time.perf_counter` that advances a fixed amount per reading: budgets become step counts."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_a_time_budget_without_an_epoch_cap_is_used_whole(monkeypatch):
+    """The schedule runs on elapsed time: the loop trains until its budget is spent, not to an epoch count."""
+    from model.training import trainer
+
+    monkeypatch.setattr(trainer.time, "perf_counter", StepClock(0.01))
+    result = train_tiny(("alpha",), options=TrainingOptions(batch_size=2, max_seconds=3.0))
+    steps = result.manifest.training["steps"]
+    assert steps > DEFAULT_EPOCHS * 3  # the no-budget default of this tiny set (6 samples, batch 2)
+    assert result.manifest.training["seconds"] == pytest.approx(3.0, abs=0.1)
+
+
+def test_a_deadline_ends_the_loop_in_time(monkeypatch):
+    from model.training import trainer
+
+    monkeypatch.setattr(trainer.time, "perf_counter", StepClock(0.01))
+    result = train_tiny(("alpha",), options=TrainingOptions(batch_size=2, finish_by=time.time() + 1.0))
+    assert 0 < result.manifest.training["seconds"] <= 1.05
+
+
+def test_the_learning_rate_warms_up_then_decays_to_zero():
+    factors = [_learning_rate_factor(p / 100, 0.05) for p in range(101)]
+    assert factors[0] == pytest.approx(0.01) and max(factors) == pytest.approx(1.0)
+    peak = factors.index(max(factors))
+    assert peak == 5 and factors[peak:] == sorted(factors[peak:], reverse=True)
+    assert factors[-1] == pytest.approx(0.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("count,target,expected", [(10, 0.01, 9.0), (200, 0.01, 197.0), (100, 0.1, 89.0)])

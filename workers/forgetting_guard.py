@@ -161,7 +161,7 @@ def _scores(
                 rgb_features, depth_features = models[0].extract(batch)
             for slot, model in enumerate(models):
                 errors, probabilities = model.errors(
-                    rgb_features, depth_features, batch.has_rgb, batch.has_depth
+                    rgb_features, depth_features, batch.has_rgb, batch.has_depth, objects
                 )
                 predictions = model.finish(errors.cpu(), probabilities.cpu(), batch, objects)
                 scores[slot].extend(prediction.raw_score for prediction in predictions)

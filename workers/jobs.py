@@ -44,9 +44,11 @@ log = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL_S = 2.0
 LINEAGE_LOCK_TTL_S = 20
 PR_SET_PDEATHSIG = 1
-# Share of the remaining time budget the training loop may use; features, calibration, the guard
-# and saving take the rest.
-TRAINING_SHARE = 0.6
+# What the job keeps, after its training loop, for calibration, the forgetting guard, the ONNX export
+# and saving: a fixed part plus a share of the job's budget (measured: about 10-15 s for 250 pairs on
+# 2 cores; docs/BENCHMARKS.md, "Enrolment end to end").
+AFTER_TRAINING_RESERVE_S = 20.0
+AFTER_TRAINING_RESERVE_SHARE = 0.05
 
 
 def lineage_lock_key(settings: Settings) -> str:
@@ -107,11 +109,13 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
-def enrolment_training_options(settings: Settings, remaining_s: float) -> TrainingOptions:
-    """The training options of an enrolment job: its share of the time left, and the settings' overrides."""
+def enrolment_training_options(settings: Settings, started: float, deadline: float) -> TrainingOptions:
+    """The training options of a job: its loop ends in time for what follows it, before `deadline`
+    (wall clock); the settings' overrides on top."""
     from model.training.trainer import TrainingOptions
 
-    options = TrainingOptions(max_seconds=remaining_s * TRAINING_SHARE, seed=0)
+    reserve = AFTER_TRAINING_RESERVE_S + AFTER_TRAINING_RESERVE_SHARE * (deadline - started)
+    options = TrainingOptions(finish_by=deadline - reserve, seed=0)
     if settings.train_epochs is not None:
         options.epochs = settings.train_epochs
     if settings.anchor_weight is not None:
@@ -255,7 +259,7 @@ class EnrolmentRun:
 
         from model.checkpoint import new_version_id, save_version
         from model.inference import InspectionModel, feature_extractor_for
-        from model.network.config import ModelConfig
+        from model.network.presets import preset_config
         from model.training.trainer import (
             ObjectSamples,
             TrainingCancelled,
@@ -308,8 +312,13 @@ class EnrolmentRun:
             config = (
                 parent.config
                 if parent is not None
-                else ModelConfig(
-                    backbone=settings.backbone, image_size=settings.image_size, **settings.network_config
+                else preset_config(
+                    settings.network_preset,
+                    **{
+                        "backbone": settings.backbone,
+                        "image_size": settings.image_size,
+                        **settings.network_config,
+                    },
                 )
             )
         self.timings["load_s"] = round(time.perf_counter() - started, 2)
@@ -326,7 +335,7 @@ class EnrolmentRun:
                         config.image_size,
                         should_cancel=self.should_cancel,
                     )
-        options = enrolment_training_options(settings, max(5.0, self.deadline - time.time()))
+        options = enrolment_training_options(settings, self.started, self.deadline)
         version = new_version_id()
         try:
             result = train_version(
@@ -466,7 +475,8 @@ def _describe(stage: str, details: dict[str, Any]) -> str:
     if stage == "features" and details:
         return f"backbone features {details.get('samples')}/{details.get('of')}"
     if stage == "training" and details:
-        return f"step {details.get('step')}/{details.get('steps')}, loss {details.get('loss', 0.0):.4f}"
+        of = f"/{details['steps']}" if details.get("steps") else ""
+        return f"step {details.get('step')}{of}, loss {details.get('loss', 0.0):.4f}"
     return stage
 
 

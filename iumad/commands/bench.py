@@ -26,9 +26,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--base-max-minutes", type=float, default=None, help="training budget of the first step (ib-iumad)"
     )
     parser.add_argument(
+        "--preset",
+        default=None,
+        help="network preset (ib-iumad): cpu (default, what the service enrols with), full or paper",
+    )
+    parser.add_argument(
         "--config",
         default=None,
-        help='model config overrides as JSON (ib-iumad), e.g. \'{"use_mamba": false, "fusion": "add"}\'',
+        help="model config overrides on the preset as JSON (ib-iumad), e.g. '{\"use_mamba\": true}'",
+    )
+    parser.add_argument(
+        "--test-validation",
+        action="store_true",
+        help="also score the validation split's images as good test images (never trained on)",
     )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument(
@@ -36,23 +46,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_config_overrides(text: str):
-    """`--config` JSON on top of the default ModelConfig; unknown keys and bad values are user errors."""
+def parse_config_overrides(text: str | None, preset: str | None = None):
+    """`--config` JSON on top of the `--preset` (default: the shipped one); unknown presets, keys and
+    bad values are user errors."""
     import json
 
     from model.errors import InputError
-    from model.network.config import ModelConfig
+    from model.network.presets import SHIPPED_PRESET, preset_config
 
+    overrides = {}
+    if text is not None:
+        try:
+            overrides = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise InputError(f"--config is not valid JSON: {error}") from None
+        if not isinstance(overrides, dict):
+            raise InputError("--config must be a JSON object")
     try:
-        overrides = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InputError(f"--config is not valid JSON: {error}") from None
-    if not isinstance(overrides, dict):
-        raise InputError("--config must be a JSON object")
-    try:
-        return ModelConfig.from_dict({**ModelConfig().to_dict(), **overrides})
-    except (TypeError, ValueError) as error:
-        raise InputError(f"--config: {error}") from None
+        return preset_config(preset or SHIPPED_PRESET, **overrides)
+    except InputError as error:
+        raise InputError(f"--{'config' if text is not None else 'preset'}: {error}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--{key.replace('_', '-')} must be positive, got {options[key]}")
     if options.get("anchor_weight", 0.0) < 0:
         raise InputError(f"--anchor-weight must not be negative, got {options['anchor_weight']}")
-    if args.config is not None:
-        options["config"] = parse_config_overrides(args.config)
+    if args.config is not None or args.preset is not None:
+        options["config"] = parse_config_overrides(args.config, args.preset)
     results = run_benchmark(
         args.data,
         args.protocol,
@@ -82,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         skip_bad=args.skip_bad,
         progress=True,
+        test_validation=args.test_validation,
         **options,
     )
     print(results_markdown(results))

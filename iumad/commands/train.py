@@ -12,7 +12,7 @@ from model.checkpoint import save_version
 from model.data.datasets import list_samples
 from model.errors import InputError
 from model.inference import InspectionModel
-from model.network.config import ModelConfig
+from model.network.presets import SHIPPED_PRESET, preset_config
 from model.training.trainer import ObjectSamples, TrainingOptions, sample_sources, train_version
 
 
@@ -25,7 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", type=Path, help="parent version directory (incremental step)")
     parser.add_argument("--epochs", type=int, help="training epochs")
     parser.add_argument("--max-minutes", type=float, help="training-loop time budget")
-    parser.add_argument("--config", type=Path, help="model config JSON (base step only)")
+    parser.add_argument(
+        "--preset", help="network preset of a base step: cpu (default, as the service enrols), full, paper"
+    )
+    parser.add_argument("--config", type=Path, help="model config JSON overrides on the preset (base step)")
     parser.add_argument("--skip-bad", action="store_true", help="skip unreadable items instead of stopping")
 
 
@@ -58,15 +61,21 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{args.out} already exists; choose a new directory for the new version")
     parent = InspectionModel.load(args.init) if args.init else None
     config = None
-    if args.config:
+    if args.config or args.preset:
         if parent is not None:
             raise InputError(
-                "--config applies to a base step only; an incremental step keeps its parent's config"
+                "--config and --preset apply to a base step only; an incremental step keeps its "
+                "parent's config"
             )
-        try:
-            config = ModelConfig.from_dict(json.loads(args.config.read_text()))
-        except (OSError, ValueError) as error:
-            raise InputError(f"cannot read model config {args.config}: {error}") from error
+        overrides = {}
+        if args.config:
+            try:
+                overrides = json.loads(args.config.read_text())
+            except (OSError, ValueError) as error:
+                raise InputError(f"cannot read model config {args.config}: {error}") from error
+            if not isinstance(overrides, dict):
+                raise InputError(f"model config {args.config} must hold a JSON object")
+        config = preset_config(args.preset or SHIPPED_PRESET, **overrides)
     options = TrainingOptions()
     if args.epochs is not None:
         options = dataclasses.replace(options, epochs=args.epochs)

@@ -2,6 +2,9 @@
 
 <root>/<object>/{train,validation}/good/{rgb/NNN.png, xyz/NNN.tiff}
 <root>/<object>/test/<defect or good>/{rgb/NNN.png, xyz/NNN.tiff, gt/NNN.png}
+
+An object without any `xyz` folder is RGB-only (a station without a depth camera): its samples have
+no depth. An object with depth must have it for every image: a missing depth file is an error.
 """
 
 from __future__ import annotations
@@ -42,8 +45,18 @@ def files_by_stem(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
     return found
 
 
+def has_depth(object_dir: Path) -> bool:
+    """Whether the object was captured with depth: any of its split/kind folders has an `xyz` folder."""
+    return any(path.is_dir() for path in object_dir.glob("*/*/xyz"))
+
+
 def list_defect_samples(
-    object_dir: Path, split: str, defect: str, skip_bad: bool, problems: list[str] | None
+    object_dir: Path,
+    split: str,
+    defect: str,
+    skip_bad: bool,
+    problems: list[str] | None,
+    with_depth: bool = True,
 ) -> list[Sample]:
     base = object_dir / split / defect
     depths = files_by_stem(base / "xyz", DEPTH_SUFFIXES)
@@ -51,7 +64,7 @@ def list_defect_samples(
     samples = []
     for stem, rgb_path in sorted(files_by_stem(base / "rgb", RGB_SUFFIXES).items()):
         depth_path = depths.get(stem)
-        if depth_path is None:
+        if depth_path is None and with_depth:
             report_problem(f"{rgb_path}: no depth file {base / 'xyz' / stem}.tiff", skip_bad, problems)
             continue
         gt_path = masks.get(stem) if split == "test" else None
@@ -84,7 +97,8 @@ def list_samples(
         defects = [GOOD] * (GOOD in defects) + [d for d in defects if d != GOOD]
     else:
         defects = [GOOD]
+    with_depth = has_depth(object_dir)
     samples: list[Sample] = []
     for defect in defects:
-        samples += list_defect_samples(object_dir, split, defect, skip_bad, problems)
+        samples += list_defect_samples(object_dir, split, defect, skip_bad, problems, with_depth)
     return samples

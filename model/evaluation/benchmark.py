@@ -214,6 +214,7 @@ def run_benchmark(
     image_size: int = 224,
     skip_bad: bool = False,
     progress: bool = True,
+    test_validation: bool = False,
     **method_options,
 ) -> dict:
     """Learn the protocol's steps in order and evaluate all objects seen so far after each step.
@@ -222,6 +223,10 @@ def run_benchmark(
     [names], "eval": {name: {"i_auroc", "p_auroc", "aupro"}}}], "fm": {"i_auroc", "aupro"} or None}
     with every metric in percent (None where undefined). Timings, model memory and skipped items go
     to out_dir/run.json, and the paper-style table to out_dir/results.md.
+
+    `test_validation` also scores each object's validation images as good test images (no method
+    ever trains on the validation split): a small test set's good images are what an image AUROC
+    hinges on, one good image moving it by 1/number-of-good.
     """
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
@@ -234,6 +239,10 @@ def run_benchmark(
     for name in order:  # list everything first: a bad dataset fails before hours of training
         train[name] = _checked(list_samples(root, name, "train", skip_bad, problems), skip_bad, problems)
         test[name] = _checked(list_samples(root, name, "test", skip_bad, problems), skip_bad, problems)
+        if test_validation:
+            test[name] += _checked(
+                list_samples(root, name, "validation", skip_bad, problems), skip_bad, problems
+            )
         if not train[name] or not test[name]:
             raise InputError(f"{name}: no usable train or test samples left after skipping bad items")
     if problems:
@@ -282,6 +291,8 @@ def run_benchmark(
         "step_seconds": step_seconds,
         "memory_bytes": int(memory()) if callable(memory) else None,
         "skipped": problems,
+        "test_items": {name: len(test[name]) for name in order},
+        "test_validation": test_validation,
     }
     if out_dir is not None:
         out = Path(out_dir)

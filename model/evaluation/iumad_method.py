@@ -16,6 +16,7 @@ from model.data.samples import Sample
 from model.evaluation.evaluate import predict_samples
 from model.inference import InspectionModel
 from model.network.config import ModelConfig
+from model.network.presets import PRESETS, SHIPPED_PRESET
 from model.training.trainer import FeatureSet, ObjectSamples, TrainingOptions, sample_sources, train_version
 
 
@@ -43,7 +44,7 @@ class IUMADMethod:
         seed: int = 0,
         anchor_weight: float | None = None,
     ) -> None:
-        self.config = dataclasses.replace(config or ModelConfig(), image_size=image_size)
+        self.config = dataclasses.replace(config or PRESETS[SHIPPED_PRESET], image_size=image_size)
         options = TrainingOptions(seed=seed)
         if anchor_weight is not None:
             options = dataclasses.replace(options, anchor_weight=anchor_weight)

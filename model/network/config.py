@@ -28,6 +28,9 @@ class ModelConfig:
     bottleneck_ratio: float = 0.5
     bottleneck_dropout: float = 0.1
     reconstruct_depth_in_fusion: bool = True  # the paper writes only F_org^RGB; depth-only defects need both
+    # Object-conditioned adapters (model/network/object_adapters.py): rank of each object's adapter
+    # after the input projection and every layer; 0 = none (one shared path for all objects).
+    object_adapter_rank: int = 0
     # Anomaly synthesis in training (feature jitter, UniAD/IUF style).
     jitter_scale: float = 20.0
     jitter_probability: float = 1.0

@@ -20,6 +20,13 @@ from model.network.reconstruction import ReconstructionBranch
 MODALITIES = ("rgb", "depth")
 
 
+def _absent_everywhere(present: torch.Tensor) -> bool:
+    """No sample of the batch has this modality (never while tracing: the exported graph is whole)."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return False
+    return not bool(present.any())
+
+
 class IUMADNet(nn.Module):
     def __init__(self, config: ModelConfig, rgb_channels: int, depth_channels: int, num_classes: int) -> None:
         super().__init__()
@@ -131,7 +138,9 @@ class IUMADNet(nn.Module):
         has_rgb: torch.Tensor,
         has_depth: torch.Tensor,
         jitter: bool = False,
+        objects: torch.Tensor | None = None,
     ) -> dict[str, object]:
+        """`objects` (B,) are the samples' label indices: which object adapters reconstruct them."""
         present = {
             "rgb": has_rgb.to(rgb.dtype).view(-1, 1, 1, 1),
             "depth": has_depth.to(depth.dtype).view(-1, 1, 1, 1),
@@ -143,7 +152,12 @@ class IUMADNet(nn.Module):
             if jitter:
                 tokens = feature_jitter(tokens, self.config.jitter_scale, self.config.jitter_probability)
             tokens = tokens * present[modality]
-            state, reconstruction, logits = self.branches[modality](tokens)
+            if _absent_everywhere(present[modality]):  # e.g. a batch of RGB-only parts: skip the branch
+                batch, height, width, _ = tokens.shape
+                state = tokens.new_zeros(batch, height, width, self.config.hidden_size)
+                reconstruction, logits = torch.zeros_like(tokens), []
+            else:
+                state, reconstruction, logits = self.branches[modality](tokens, objects)
             if self.missing is not None:
                 mask = present[modality]
                 hidden[modality] = state * mask + self.missing[modality] * (1 - mask)
@@ -168,17 +182,31 @@ class IUMADNet(nn.Module):
         outputs["reconstruction"] = reconstruction
         return outputs
 
+    @property
+    def has_object_adapters(self) -> bool:
+        return self.config.object_adapter_rank > 0
+
     def error_maps(
-        self, rgb: torch.Tensor, depth: torch.Tensor, has_rgb: torch.Tensor, has_depth: torch.Tensor
+        self,
+        rgb: torch.Tensor,
+        depth: torch.Tensor,
+        has_rgb: torch.Tensor,
+        has_depth: torch.Tensor,
+        objects: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Inference: per-token squared reconstruction error per modality (B, 2, H, W), object probs (B, K).
 
-        A missing modality's error map is zero; the anomaly map masks it out.
+        `objects` (B,) label indices say whose adapters reconstruct each sample; None, or -1 for a
+        sample, takes the predicted object (the nearest prototype). A missing modality's error map is
+        zero; the anomaly map masks it out.
         """
-        outputs = self.forward(rgb, depth, has_rgb, has_depth, jitter=False)
+        probabilities = self.object_probabilities(rgb, depth, has_depth)
+        predicted = probabilities.argmax(dim=-1)
+        chosen = predicted if objects is None else torch.where(objects >= 0, objects, predicted)
+        outputs = self.forward(rgb, depth, has_rgb, has_depth, jitter=False, objects=chosen)
         errors = []
         for modality in MODALITIES:
             difference = outputs["original"][modality] - outputs["reconstruction"][modality]
             error = difference.pow(2).mean(dim=-1) * outputs["present"][modality][:, :, :, 0]
             errors.append(error)
-        return torch.stack(errors, dim=1), self.object_probabilities(rgb, depth, has_depth)
+        return torch.stack(errors, dim=1), probabilities

@@ -14,6 +14,7 @@ from torch import nn
 from model.network.attention import MultiHeadAttention
 from model.network.config import ModelConfig
 from model.network.mamba_decoder import LabelClassifier, MambaDecoder
+from model.network.object_adapters import ObjectAdapters
 
 
 class FeedForward(nn.Module):
@@ -67,7 +68,8 @@ class ReconstructionLayer(nn.Module):
 
 
 class ReconstructionBranch(nn.Module):
-    """Input projection + learned 2-D position embedding + layers + output projection."""
+    """Input projection + learned 2-D position embedding + layers + output projection, with each
+    object's adapter after the input projection and after every layer when the config has them."""
 
     def __init__(self, config: ModelConfig, in_channels: int, num_classes: int) -> None:
         super().__init__()
@@ -81,6 +83,20 @@ class ReconstructionBranch(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
         self.output_proj = nn.Linear(dim, in_channels)
+        rank = config.object_adapter_rank
+        # [input projection's low-rank correction, a residual adapter after it and after every layer,
+        # the output projection's low-rank correction]
+        self.adapters = (
+            nn.ModuleList(
+                [
+                    ObjectAdapters(in_channels, rank, num_classes, out_dim=dim, residual=False),
+                    *(ObjectAdapters(dim, rank, num_classes) for _ in range(config.num_layers + 1)),
+                    ObjectAdapters(dim, rank, num_classes, out_dim=in_channels, residual=False),
+                ]
+            )
+            if rank > 0
+            else None
+        )
 
     def position_for(self, height: int, width: int) -> torch.Tensor:
         if self.position.shape[1:3] == (height, width):
@@ -90,18 +106,32 @@ class ReconstructionBranch(nn.Module):
         )
         return resized.permute(0, 2, 3, 1)
 
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """features (B, H, W, C_in) -> (hidden (B, H, W, d), reconstruction (B, H, W, C_in), logits)."""
+    def forward(
+        self, features: torch.Tensor, objects: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """features (B, H, W, C_in), objects (B,) labels (needed with adapters) -> (hidden (B, H, W, d),
+        reconstruction (B, H, W, C_in), per-layer label logits)."""
+        if self.adapters is not None and objects is None:
+            raise ValueError("a branch with object adapters needs the objects' labels")
         grid = self.input_proj(features) + self.position_for(features.shape[1], features.shape[2])
+        if self.adapters is not None:
+            grid = self.adapters[1](grid + self.adapters[0](features, objects), objects)
         all_logits = []
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
             grid, logits = layer(grid)
+            if self.adapters is not None:
+                grid = self.adapters[index + 2](grid, objects)
             if logits is not None:
                 all_logits.append(logits)
         hidden = self.norm(grid)
-        return hidden, self.output_proj(hidden), all_logits
+        reconstruction = self.output_proj(hidden)
+        if self.adapters is not None:
+            reconstruction = reconstruction + self.adapters[-1](hidden, objects)
+        return hidden, reconstruction, all_logits
 
     def grow(self, num_classes: int) -> None:
         for layer in self.layers:
             if layer.classifier is not None:
                 layer.classifier.grow(num_classes)
+        for adapters in self.adapters or ():
+            adapters.grow(num_classes)

@@ -1,0 +1,125 @@
+"""Object adapters: each object reconstructs through its own parameters, and an incremental step trains
+only the new object's, leaving every old object's path through the network bit-identical."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from tiny_model import TINY_CONFIG, sample_source, train_tiny
+
+from model.export import OnnxInspectionModel, export_onnx
+from model.inference import InspectionInput, InspectionModel
+from model.network.object_adapters import ObjectAdapters
+from model.network.presets import PRESETS, SHIPPED_PRESET, preset_config
+
+ADAPTED = dataclasses.replace(TINY_CONFIG, object_adapter_rank=4)  # Mamba + IBFM + adapters
+
+
+def _randomise(adapters: ObjectAdapters, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in adapters.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+
+
+def test_a_new_adapter_starts_as_the_identity():
+    residual = ObjectAdapters(8, 2, num_objects=3)
+    low_rank = ObjectAdapters(8, 2, num_objects=3, out_dim=5, residual=False)
+    grid = torch.randn(3, 4, 4, 8)
+    objects = torch.tensor([0, 1, 2])
+    torch.testing.assert_close(residual(grid, objects), grid)
+    assert torch.equal(low_rank(grid, objects), torch.zeros(3, 4, 4, 5))
+
+
+def test_each_sample_goes_through_its_own_objects_adapter():
+    adapters = ObjectAdapters(8, 2, num_objects=3)
+    _randomise(adapters, 0)
+    grid = torch.randn(4, 3, 3, 8)
+    objects = torch.tensor([2, 0, 1, 2])
+    together = adapters(grid, objects)
+    for index in range(4):
+        alone = adapters(grid[index : index + 1], objects[index : index + 1])
+        torch.testing.assert_close(together[index : index + 1], alone)
+    assert not torch.allclose(adapters(grid[:1], torch.tensor([0])), adapters(grid[:1], torch.tensor([1])))
+
+
+def test_growing_keeps_the_old_objects_adapters_and_adds_identities():
+    adapters = ObjectAdapters(8, 2, num_objects=2)
+    _randomise(adapters, 1)
+    before = {k: v.clone() for k, v in adapters.state_dict().items()}
+    adapters.grow(4)
+    after = adapters.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    grid = torch.randn(2, 3, 3, 8)
+    torch.testing.assert_close(adapters(grid, torch.tensor([2, 3])), grid)
+    with pytest.raises(ValueError, match="never shrink"):
+        adapters.grow(1)
+
+
+def test_a_branch_with_adapters_refuses_to_guess_the_object():
+    net = train_tiny(("alpha",), config=ADAPTED).net
+    rgb = torch.zeros(1, net.rgb_mean.numel(), 4, 4)
+    with pytest.raises(ValueError, match="labels"):
+        net(rgb, rgb, torch.ones(1, dtype=torch.bool), torch.ones(1, dtype=torch.bool))
+
+
+@pytest.fixture(scope="module")
+def base_and_child():
+    base = train_tiny(("alpha", "beta"), config=ADAPTED)
+    parent = InspectionModel(base.net, base.manifest)
+    child = train_tiny(("gamma",), parent=parent, retained_holdouts=base.holdout_features)
+    return base, child
+
+
+def test_an_incremental_step_leaves_every_old_object_bit_identical(base_and_child):
+    base, child = base_and_child
+    old, new = base.net.state_dict(), child.net.state_dict()
+    grown = []
+    for name, tensor in old.items():
+        if new[name].shape == tensor.shape:
+            assert torch.equal(new[name], tensor), f"{name} moved in the incremental step"
+        else:  # a grown tensor (classifier rows, prototypes): the old objects' rows are unchanged
+            assert torch.equal(new[name][: tensor.shape[0]], tensor), f"{name}: old rows moved"
+            grown.append(name)
+    assert grown, "the label classifiers grow"
+    added = [name for name in new if name not in old]
+    assert added and all(".adapters." in name and ".objects.2." in name for name in added)
+    assert any(not torch.equal(new[name], torch.zeros_like(new[name])) for name in added if ".up." in name)
+    parts = [InspectionInput(*sample_source(k)(), name) for k, name in ((3, "alpha"), (4, "beta"))]
+    before = InspectionModel(base.net, base.manifest).predict(parts)
+    after = InspectionModel(child.net, child.manifest).predict(parts)
+    for ours, theirs in zip(before, after, strict=True):
+        np.testing.assert_array_equal(ours.anomaly_map, theirs.anomaly_map)
+        assert ours.raw_score == theirs.raw_score
+    records = {r.name: r for r in child.manifest.objects}
+    for record in base.manifest.objects:
+        assert (records[record.name].norm_mean, records[record.name].norm_std) == (
+            record.norm_mean,
+            record.norm_std,
+        )
+
+
+def test_onnx_runs_each_part_through_its_objects_adapters(base_and_child, tmp_path):
+    _, child = base_and_child
+    model = InspectionModel(child.net, child.manifest)
+    onnx = OnnxInspectionModel(model.net, model.manifest, export_onnx(model, tmp_path / "model.onnx"))
+    rgb, depth = sample_source(9)()
+    parts = [InspectionInput(rgb, depth, name) for name in ("alpha", "gamma", None)]
+    for ours, theirs in zip(model.predict(parts), onnx.predict(parts), strict=True):
+        assert ours.object == theirs.object
+        assert abs(ours.raw_score - theirs.raw_score) <= 1e-4 * max(1.0, abs(ours.raw_score))
+        np.testing.assert_allclose(theirs.anomaly_map, ours.anomaly_map, atol=1e-4, rtol=1e-3)
+
+
+def test_presets_are_named_and_checked():
+    assert PRESETS[SHIPPED_PRESET].object_adapter_rank > 0
+    assert not PRESETS["cpu"].use_mamba and PRESETS["full"].use_mamba and PRESETS["full"].use_ibfm
+    assert PRESETS["paper"].object_adapter_rank == 0
+    assert preset_config("cpu", hidden_size=64).hidden_size == 64
+    with pytest.raises(Exception, match="unknown network preset 'fast'.*cpu, full, paper"):
+        preset_config("fast")
+    with pytest.raises(Exception, match="unknown model config keys: width"):
+        preset_config("cpu", width=3)
