@@ -1,6 +1,12 @@
 """Enrolment end to end through the HTTP API: time from upload to serving, its split, and the quality.
 
     python -m bench.enrolment [--objects 2] [--train 250] [--size 224] [--json out.json]
+    python -m bench.enrolment --data ROOT --names cable_gland,rope [--test-validation]
+
+With `--data`, real objects of an MVTec 3D-AD style dataset are enrolled instead of synthetic ones
+(their `train` split only; RGB-only objects are sent without depth), and the inspection quality over
+HTTP is I-AUROC, P-AUROC and AUPRO (maps from `return_map=true`, brought to the benchmark's 224 x 224
+like `iumad bench` does); `--test-validation` also inspects the validation images as good parts.
 
 Spawns `iumad serve` (embedded Redis + one worker process) on a fresh data directory, generates a
 synthetic RGB-D set, then for each object in turn: uploads `--train` normal pairs as one zip archive
@@ -41,8 +47,14 @@ WORKER_SPLIT = (
 )
 
 
-def enrol(client: httpx.Client, data: Path, name: str, max_minutes: float | None) -> dict:
-    archive = archive_normal_samples(data / name)
+def enrol(
+    client: httpx.Client,
+    data: Path,
+    name: str,
+    max_minutes: float | None,
+    splits: tuple[str, ...] = ("train", "validation"),
+) -> dict:
+    archive = archive_normal_samples(data / name, splits)
     fields = {"object": name, "holdout_fraction": "0.1"}
     if max_minutes is not None:
         fields["max_minutes"] = str(max_minutes)
@@ -80,28 +92,89 @@ def enrol(client: httpx.Client, data: Path, name: str, max_minutes: float | None
     }
 
 
-def inspect_auroc(client: httpx.Client, data: Path, name: str) -> dict:
-    labels, scores, latencies = [], [], []
-    for rgb_path in sorted((data / name / "test").glob("*/rgb/*.png")):
-        depth_path = rgb_path.parent.parent / "xyz" / f"{rgb_path.stem}.tiff"
+def _inspect_one(client: httpx.Client, name: str, sample, with_map: bool) -> dict:
+    files = {"rgb": (sample.rgb_path.name, sample.rgb_path.read_bytes(), "image/png")}
+    if sample.depth_path is not None:
+        files["depth"] = (sample.depth_path.name, sample.depth_path.read_bytes(), "image/tiff")
+    data = {"object": name, "mask": "none", "return_map": str(with_map).lower()}
+    response = client.post("/inspect", data=data, files=files)
+    response.raise_for_status()
+    return response.json()
+
+
+def inspect_quality(
+    client: httpx.Client, data: Path, name: str, with_maps: bool = False, test_validation: bool = False
+) -> dict:
+    """Inspect the object's test parts over HTTP: image AUROC, and with maps P-AUROC and AUPRO at the
+    benchmark's resolution (224 x 224: masks by `resize_mask`, maps bilinearly)."""
+    import torch
+    import torch.nn.functional as F
+
+    from model.data.datasets import list_samples
+    from model.data.decode import read_mask
+    from model.data.samples import resize_mask
+    from model.evaluation.metrics import aupro, pixel_auroc
+    from service.masks import decode_anomaly_map
+
+    samples = list_samples(data, name, "test")
+    if test_validation:
+        samples += list_samples(data, name, "validation")
+    labels, scores, latencies, maps, truths = [], [], [], [], []
+    for sample in samples:
         started = time.perf_counter()
-        response = client.post(
-            "/inspect",
-            data={"object": name, "mask": "none"},
-            files={
-                "rgb": (rgb_path.name, rgb_path.read_bytes(), "image/png"),
-                "depth": (depth_path.name, depth_path.read_bytes(), "image/tiff"),
-            },
-        )
+        answer = _inspect_one(client, name, sample, with_maps)
         latencies.append(time.perf_counter() - started)
-        response.raise_for_status()
-        labels.append(int(rgb_path.parent.parent.name != "good"))
-        scores.append(response.json()["raw_score"])
-    return {
+        labels.append(int(sample.is_anomalous))
+        scores.append(answer["raw_score"])
+        if with_maps:
+            full = torch.from_numpy(decode_anomaly_map(answer["anomaly_map"]).astype(np.float32))
+            maps.append(F.interpolate(full[None, None], size=(224, 224), mode="bilinear")[0, 0].numpy())
+            mask = read_mask(sample.gt_path) if sample.gt_path is not None else None
+            truths.append(resize_mask(mask, 224) if mask is not None else np.zeros((224, 224), bool))
+    result = {
         "i_auroc": round(100 * image_auroc(np.array(labels), np.array(scores)), 1),
         "parts": len(labels),
         "median_latency_ms": round(1000 * float(np.median(latencies)), 1),
     }
+    if with_maps:
+        result["p_auroc"] = round(100 * pixel_auroc(np.stack(truths), np.stack(maps)), 1)
+        result["aupro"] = round(100 * aupro(np.stack(truths), np.stack(maps)), 1)
+    return result
+
+
+def inspect_auroc(client: httpx.Client, data: Path, name: str) -> dict:
+    return inspect_quality(client, data, name)
+
+
+def enrol_in_turn(
+    data: Path,
+    names: list[str],
+    service_dir: Path,
+    log_path: Path,
+    max_minutes: float | None,
+    splits: tuple[str, ...],
+    with_maps: bool,
+    test_validation: bool,
+) -> list[dict]:
+    """Serve on `service_dir`, enrol `names` one after the other, inspect all so far after each."""
+    port = free_port()
+    server = start_server(str(service_dir), port, log_path)
+    enrolments = []
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
+            for index, name in enumerate(names):
+                result = enrol(client, data, name, max_minutes, splits)
+                result["kind"] = "base" if index == 0 else "incremental"
+                result["quality"] = {
+                    seen: inspect_quality(client, data, seen, with_maps, test_validation)
+                    for seen in names[: index + 1]
+                }
+                enrolments.append(result)
+                print(json.dumps(result), flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    return enrolments
 
 
 def run(
@@ -113,46 +186,62 @@ def run(
     seed: int,
     service_dir: Path | None = None,
 ) -> dict:
-    """`service_dir`: keep the service's data directory there (e.g. for a load test on the result)."""
+    """Synthetic objects. `service_dir`: keep the service's data directory there (e.g. for a load
+    test on the result)."""
     from model.data.synthetic import write_synthetic_dataset
 
     with tempfile.TemporaryDirectory(prefix="iumad-enrol-bench-") as folder:
         root = Path(folder)
         data = root / "synthetic"
-        service_dir = service_dir or root / "service"
         started = time.perf_counter()
         names = write_synthetic_dataset(
             data, objects=objects, size=size, n_train=train, n_validation=0, n_test=test, seed=seed
         )
         generated = time.perf_counter() - started
-        port = free_port()
-        server = start_server(str(service_dir), port, root / "serve.log")
-        report: dict = {
-            "size": size,
-            "train_pairs": train,
-            "synthesis_s": round(generated, 1),
-            "enrolments": [],
-        }
-        try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
-                for index, name in enumerate(names):
-                    result = enrol(client, data, name, max_minutes)
-                    result["kind"] = "base" if index == 0 else "incremental"
-                    result["quality"] = {
-                        seen: inspect_auroc(client, data, seen) for seen in names[: index + 1]
-                    }
-                    report["enrolments"].append(result)
-                    print(json.dumps(result), flush=True)
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
+        report: dict = {"size": size, "train_pairs": train, "synthesis_s": round(generated, 1)}
+        report["enrolments"] = enrol_in_turn(
+            data,
+            names,
+            service_dir or root / "service",
+            root / "serve.log",
+            max_minutes,
+            ("train", "validation"),
+            with_maps=False,
+            test_validation=False,
+        )
     return report
 
 
+def run_dataset(data: Path, names: list[str], max_minutes: float | None, test_validation: bool) -> dict:
+    """Real objects from an MVTec 3D-AD style dataset: their train split is what the operator uploads."""
+    from model.data.datasets import list_samples
+
+    with tempfile.TemporaryDirectory(prefix="iumad-enrol-bench-") as folder:
+        root = Path(folder)
+        enrolments = enrol_in_turn(
+            data,
+            names,
+            root / "service",
+            root / "serve.log",
+            max_minutes,
+            ("train",),
+            with_maps=True,
+            test_validation=test_validation,
+        )
+    train_pairs = {name: len(list_samples(data, name, "train")) for name in names}
+    return {"size": "dataset", "train_pairs": train_pairs, "enrolments": enrolments}
+
+
 def markdown(report: dict) -> str:
+    pairs = report["train_pairs"]
+    what = (
+        ", ".join(f"{name} {count}" for name, count in pairs.items()) + " normal pairs (the train split)"
+        if isinstance(pairs, dict)
+        else f"{pairs} normal pairs per object at {report['size']} px"
+    )
     lines = [
-        f"Enrolment of {report['train_pairs']} normal pairs per object at {report['size']} px through the "
-        "HTTP API (`iumad serve`: embedded Redis, one worker process), one object after the other.",
+        f"Enrolment of {what} through the HTTP API (`iumad serve`: embedded Redis, one worker "
+        "process), one object after the other.",
         "",
         "| object | step | upload + ingest | wait | load | features | training | calibration | guard "
         "| save | activate | upload start -> serving | training steps | worker peak RSS "
@@ -162,7 +251,10 @@ def markdown(report: dict) -> str:
     for item in report["enrolments"]:
         worker = item["worker"]
         cells = [f"{worker[key]:.1f} s" if worker.get(key) is not None else "-" for key in WORKER_SPLIT]
-        quality = ", ".join(f"{name} {value['i_auroc']}" for name, value in item["quality"].items())
+        quality = ", ".join(
+            f"{name} {' / '.join(str(value[k]) for k in ('i_auroc', 'p_auroc', 'aupro') if k in value)}"
+            for name, value in item["quality"].items()
+        )
         lines.append(
             f"| {item['object']} | {item['kind']} | {item['upload_and_ingest_s']:.1f} s | "
             + " | ".join(cells)
@@ -183,10 +275,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep-service-dir", type=Path, help="keep the service's data directory here")
     parser.add_argument("--out", type=Path, help="write the markdown section here")
-    args = parser.parse_args(argv)
-    report = run(
-        args.objects, args.train, args.test, args.size, args.max_minutes, args.seed, args.keep_service_dir
+    parser.add_argument("--data", type=Path, help="enrol real objects of this MVTec 3D-AD style dataset")
+    parser.add_argument("--names", help="with --data: the objects to enrol, in order (comma-separated)")
+    parser.add_argument(
+        "--test-validation", action="store_true", help="with --data: inspect validation images as good parts"
     )
+    args = parser.parse_args(argv)
+    if args.data is not None:
+        if not args.names:
+            parser.error("--data needs --names")
+        names = [name.strip() for name in args.names.split(",") if name.strip()]
+        report = run_dataset(args.data, names, args.max_minutes, args.test_validation)
+    else:
+        report = run(
+            args.objects, args.train, args.test, args.size, args.max_minutes, args.seed, args.keep_service_dir
+        )
     text = markdown(report)
     print(text)
     if args.json:

@@ -52,6 +52,15 @@ def _command_module(module_name: str, required: bool = True):
         return None
 
 
+def settings_problems(error) -> str:
+    """A settings `ValidationError` as one line per bad variable, named as the user set it."""
+    lines = []
+    for problem in error.errors():
+        message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"IUMAD_{str(problem['loc'][0]).upper()}: {message}" if problem["loc"] else message)
+    return "invalid settings: " + "; ".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -63,12 +72,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if module is None:
         print(f"iumad: '{args.command}' is not available in this build", file=sys.stderr)
         return 2
+    from pydantic import ValidationError
+
     from model.errors import IumadError
 
     try:
         return int(module.run(args) or 0)
     except IumadError as error:
         print(f"iumad {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except ValidationError as error:
+        if error.title != "Settings":
+            raise
+        print(f"iumad {args.command}: error: {settings_problems(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"iumad {args.command}: interrupted", file=sys.stderr)

@@ -6,10 +6,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model.network.presets import PRESETS, SHIPPED_PRESET
+from model.errors import InputError
+from model.network.presets import PRESETS, SHIPPED_PRESET, preset_config
 
 
 class Settings(BaseSettings):
@@ -98,6 +99,15 @@ class Settings(BaseSettings):
         if value not in PRESETS:
             raise ValueError(f"unknown network preset {value!r}; known presets: {', '.join(PRESETS)}")
         return value
+
+    @model_validator(mode="after")
+    def _valid_network(self) -> Settings:
+        """A bad IUMAD_NETWORK_CONFIG stops the process at start-up, not the first enrolment."""
+        try:
+            preset_config(self.network_preset, **self.network_config)
+        except InputError as error:
+            raise ValueError(f"IUMAD_NETWORK_PRESET / IUMAD_NETWORK_CONFIG: {error}") from None
+        return self
 
     @property
     def auth_enabled(self) -> bool:

@@ -126,6 +126,17 @@ def test_config_round_trip_rejects_unknown_keys():
         ModelConfig.from_dict({**config.to_dict(), "wings": 2})
     with pytest.raises(ValueError, match="fusion"):
         ModelConfig.from_dict({**config.to_dict(), "fusion": "multiply"})
+    for key, value, kind in [
+        ("hidden_size", "big", "a non-negative integer"),
+        ("hidden_size", 1.5, "a non-negative integer"),
+        ("use_mamba", 1, "true or false"),
+        ("dropout", -0.1, "a non-negative number"),
+        ("feature_strides", [4, "8"], "a list of positive integers"),
+        ("backbone", 3, "of type str"),
+    ]:
+        with pytest.raises(ValueError, match=f"model config {key} must be {kind}"):
+            ModelConfig.from_dict({**config.to_dict(), key: value})
+    assert ModelConfig.from_dict({**config.to_dict(), "dropout": 0}).dropout == 0.0
     assert dataclasses.replace(config, hidden_size=8).hidden_size == 8
 
 

@@ -4,6 +4,7 @@ only the new object's, leaving every old object's path through the network bit-i
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -123,3 +124,30 @@ def test_presets_are_named_and_checked():
         preset_config("fast")
     with pytest.raises(Exception, match="unknown model config keys: width"):
         preset_config("cpu", width=3)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("IUMAD_NETWORK_PRESET", "fast", "IUMAD_NETWORK_PRESET: unknown network preset 'fast'"),
+        ("IUMAD_NETWORK_CONFIG", '{"width": 3}', "IUMAD_NETWORK_CONFIG: .*unknown model config keys: width"),
+        ("IUMAD_NETWORK_CONFIG", '{"hidden_size": "big"}', "hidden_size must be a non-negative integer"),
+    ],
+)
+@pytest.mark.timeout(60)  # a setting that slipped through would start the server
+def test_a_bad_network_setting_stops_the_cli_at_start_up_with_exit_2(
+    variable, value, message, monkeypatch, tmp_path, capsys
+):
+    from iumad.cli import main
+    from iumad.settings import get_settings
+
+    monkeypatch.setenv("IUMAD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv(variable, value)
+    get_settings.cache_clear()
+    try:
+        assert main(["serve"]) == 2
+    finally:
+        get_settings.cache_clear()
+    error = capsys.readouterr().err
+    assert "Traceback" not in error
+    assert re.search(f"iumad serve: error: invalid settings: .*{message}", error)

@@ -80,13 +80,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def archive_normal_samples(folder: Path) -> bytes:
-    """The object's normal samples (train + validation) as a zip in MVTec 3D-AD layout."""
+def archive_normal_samples(folder: Path, splits: tuple[str, ...] = ("train", "validation")) -> bytes:
+    """The object's normal samples (by default train + validation) as a zip in MVTec 3D-AD layout."""
     import zipfile
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as bundle:
-        for split in ("train", "validation"):
+        for split in splits:
             for path in sorted((folder / split / "good").rglob("*")):
                 if path.is_file():
                     bundle.write(path, path.relative_to(folder.parent).as_posix())

@@ -54,9 +54,34 @@ class ModelConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
-        values = dict(data)
-        if "feature_strides" in values:
-            values["feature_strides"] = tuple(values["feature_strides"])
+        defaults = cls()
+        values = {name: _checked(name, value, getattr(defaults, name)) for name, value in data.items()}
         if values.get("fusion", "cross_attention") not in ("cross_attention", "add", "concat"):
             raise ValueError(f"fusion must be cross_attention, add or concat, not {values['fusion']!r}")
         return cls(**values)
+
+
+def _checked(name: str, value: Any, default: Any) -> Any:
+    """`value` for field `name` as the type of its default (a JSON number may be an int for a float
+    field, a list for a tuple); anything else is named in a ValueError, never built into a network."""
+
+    def number(item: Any) -> bool:
+        return isinstance(item, int | float) and not isinstance(item, bool)
+
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, kind = number(value) and isinstance(value, int) and value >= 0, "a non-negative integer"
+    elif isinstance(default, float):
+        ok, kind = number(value) and value >= 0, "a non-negative number"
+        value = float(value) if ok else value
+    elif isinstance(default, tuple):
+        ok = isinstance(value, list | tuple) and all(
+            number(v) and isinstance(v, int) and v > 0 for v in value
+        )
+        kind, value = "a list of positive integers", tuple(value) if ok else value
+    else:
+        ok, kind = isinstance(value, type(default)), f"of type {type(default).__name__}"
+    if not ok:
+        raise ValueError(f"model config {name} must be {kind}, not {value!r}")
+    return value
