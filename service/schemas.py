@@ -6,8 +6,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-OBJECT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
-VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+from iumad.names import OBJECT_NAME_ANCHORED, VERSION_NAME_ANCHORED
+
+OBJECT_NAME_PATTERN = OBJECT_NAME_ANCHORED
+VERSION_PATTERN = VERSION_NAME_ANCHORED
 
 MaskFormat = Literal["none", "png", "rle"]
 
@@ -22,10 +24,18 @@ SCORE_DESCRIPTION = (
 
 
 class Timings(BaseModel):
-    decode: float = Field(description="Reading, decoding and preprocessing the uploads (ms).")
+    decode: float = Field(description="Reading, decoding and preprocessing the uploads (ms): read + prepare.")
+    read: float = Field(description="Receiving the form and decoding the image files into arrays (ms).")
+    prepare: float = Field(
+        description="Bringing the arrays to the network's input: resizing, depth preparation (ms)."
+    )
     queue: float = Field(description="Waiting for the inference thread to start this part's batch (ms).")
     infer: float = Field(description="The batch's model call (ms; shared with the batch's other parts).")
     post: float = Field(description="Score mapping, mask and map encoding (ms).")
+    total: float = Field(
+        description="The whole request in the gateway, from its start to the response (ms): at least "
+        "decode + queue + infer + post."
+    )
 
 
 class AnomalyMap(BaseModel):
@@ -133,6 +143,9 @@ class Readiness(BaseModel):
     model_version: str | None
     active_version: str | None
     device: str
+    backend: Literal["torch", "onnxruntime"] | None = Field(
+        None, description="What runs the serving model's network (IUMAD_INFERENCE_BACKEND, auto by default)."
+    )
     last_load_error: LoadErrorInfo | None
     queue_depth: int
     max_queue: int

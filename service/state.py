@@ -6,7 +6,6 @@ handling, a Redis event follower) reaches it as `app.state.iumad`.
 
 from __future__ import annotations
 
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 from fastapi import Request
 from redis.exceptions import RedisError
 
+from iumad.names import is_version_name
 from iumad.settings import Settings
 from model.errors import CheckpointError
 from service.decision_log import DecisionLog
@@ -26,7 +26,6 @@ from workers.job_store import JobStore
 from workers.registry import ModelRegistry
 
 ACTIVE_FILE = "ACTIVE"
-VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 @dataclass
@@ -72,7 +71,7 @@ def find_active_version(settings: Settings, registry: ModelRegistry | None = Non
             raise ServiceUnavailableError(f"Redis is unreachable ({type(error).__name__})", 5) from error
         if active is None:
             return None
-        if not VERSION_NAME.match(active.version):
+        if not is_version_name(active.version):
             raise CheckpointError(f"the registry names {active.version[:200]!r}, which is not a version name")
         return settings.models_dir / active.version
     pointer = settings.models_dir / ACTIVE_FILE
@@ -82,6 +81,6 @@ def find_active_version(settings: Settings, registry: ModelRegistry | None = Non
         return None
     if not name:
         return None
-    if not VERSION_NAME.match(name):
+    if not is_version_name(name):
         raise CheckpointError(f"{pointer} holds {name[:200]!r}, which is not a version directory name")
     return settings.models_dir / name

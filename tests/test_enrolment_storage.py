@@ -140,7 +140,9 @@ def test_holdout_split_is_deterministic_and_keeps_two_for_training() -> None:
         split_holdout(10, 0.9, "disc")
 
 
-@pytest.mark.parametrize("name", ["", "Disc", "-disc", "a" * 65, "../x", "disc name", "dïsc"])
+@pytest.mark.parametrize(
+    "name", ["", "Disc", "-disc", "a" * 65, "../x", "disc name", "dïsc", "disc\n", "disc\r"]
+)
 def test_bad_object_names(name: str) -> None:
     with pytest.raises(ValidationError):
         check_object_name(name)
@@ -289,3 +291,13 @@ def test_failed_store_leaves_no_partial_enrolment(dirs, tmp_path: Path, monkeypa
         ingest_archive(archive, work, "ok", "e1", samples, 0.1, LIMITS)
     assert _nothing_stored(samples)
     shutil.rmtree(work)
+
+
+@pytest.mark.parametrize("version", ["v1\n", "v1\r", "", "../v1", "v1/x", "v..1", "a" * 129, 3])
+def test_a_version_id_is_checked_whole(version) -> None:
+    from model.errors import InputError
+    from workers.registry import check_version_name
+
+    with pytest.raises(InputError, match="not a valid model version id"):
+        check_version_name(version)
+    assert check_version_name("v20261202T000000-abc.1") == "v20261202T000000-abc.1"

@@ -12,7 +12,6 @@ disconnected replays what it missed (pub/sub would drop it), and reconcile again
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,10 @@ from typing import Any
 
 from redis import Redis
 
+from iumad.names import is_version_name
 from model.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, Manifest, read_manifest, sha256_of
 from model.errors import CheckpointError, ConflictError, InputError, NotFoundError
 
-VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 HISTORY_LENGTH = 1000
 STREAM_LENGTH = 10000
 
@@ -104,7 +103,7 @@ class VersionInfo:
 
 def check_version_name(version: str) -> str:
     """Version ids become directory names: refuse anything that could leave `models_dir`."""
-    if not isinstance(version, str) or not VERSION_PATTERN.match(version) or ".." in version:
+    if not is_version_name(version):
         raise InputError(f"{version!r} is not a valid model version id")
     return version
 

@@ -29,10 +29,10 @@ from typing import IO, Any
 
 import numpy as np
 
+from iumad.names import is_object_name
 from model.data.decode import DEFAULT_MAX_PIXELS, check_same_size, read_depth, read_rgb
 from model.errors import InputError, IumadError, UnsupportedMediaError
 
-OBJECT_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 RGB_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 DEPTH_SUFFIXES = {".tif", ".tiff", ".npy"}
 ENROLMENT_FILE = "enrolment.json"
@@ -131,7 +131,7 @@ class StoredEnrolment:
 
 
 def check_object_name(name: str) -> str:
-    if not isinstance(name, str) or not OBJECT_NAME_PATTERN.match(name):
+    if not is_object_name(name):
         raise ValidationError(
             f"object name {name!r} is invalid: use 1-64 characters a-z, 0-9, '_' or '-', "
             "starting with a letter or digit"

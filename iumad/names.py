@@ -1,0 +1,24 @@
+"""What a valid object name and model version id are: one pattern each, for every module.
+
+Object names and version ids become directory names and metric labels, so the patterns admit
+nothing that can leave a folder or break a line. Checks use `fullmatch`: `re.match` with `$`
+accepts a trailing newline.
+"""
+
+from __future__ import annotations
+
+import re
+
+OBJECT_NAME = r"[a-z0-9][a-z0-9_-]{0,63}"
+VERSION_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+# Anchored forms for OpenAPI / pydantic `pattern=` constraints (which search, not match).
+OBJECT_NAME_ANCHORED = f"^{OBJECT_NAME}$"
+VERSION_NAME_ANCHORED = f"^{VERSION_NAME}$"
+
+
+def is_object_name(value: object) -> bool:
+    return isinstance(value, str) and re.fullmatch(OBJECT_NAME, value) is not None
+
+
+def is_version_name(value: object) -> bool:
+    return isinstance(value, str) and re.fullmatch(VERSION_NAME, value) is not None and ".." not in value
