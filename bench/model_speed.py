@@ -2,8 +2,9 @@
 
     python -m bench.model_speed [--sizes 224,256] [--batches 1,8] [--repeats 20] [--out section.md]
 
-Speed does not depend on weight values, so a default-config network with random weights and ten
-object slots stands in for a trained version (a trained one can be given with --model). Every
+Speed does not depend on weight values, so a network of the named preset (default: the shipped one)
+with random weights and ten object slots stands in for a trained version (a trained one can be given
+with --model). Every
 configuration is timed in interleaved rounds so machine noise hits all of them alike; the report
 quotes medians and the ratios between them.
 """
@@ -11,7 +12,6 @@ quotes medians and the ratios between them.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import statistics
 import tempfile
@@ -30,6 +30,7 @@ from model.inference import InspectionInput, InspectionModel, feature_extractor_
 from model.network import scan_extension
 from model.network.config import ModelConfig
 from model.network.iumad import IUMADNet
+from model.network.presets import PRESETS, SHIPPED_PRESET, preset_config
 
 
 def random_version(config: ModelConfig, objects: int = 10) -> InspectionModel:
@@ -134,7 +135,9 @@ def time_batch(
     )
 
 
-def run(sizes: list[int], batches: list[int], repeats: int, model_dir: Path | None) -> str:
+def run(
+    sizes: list[int], batches: list[int], repeats: int, model_dir: Path | None, preset: str = SHIPPED_PRESET
+) -> str:
     lines = [
         f"Machine: {os.cpu_count()} CPU threads, torch {torch.__version__}, "
         f"torch threads {torch.get_num_threads()}; medians of {repeats} interleaved rounds.",
@@ -149,7 +152,7 @@ def run(sizes: list[int], batches: list[int], repeats: int, model_dir: Path | No
         if model_dir is not None:
             model = InspectionModel.load(model_dir)
         else:
-            model = random_version(dataclasses.replace(ModelConfig(), image_size=size))
+            model = random_version(preset_config(preset, image_size=size))
         size = model.config.image_size
         with tempfile.TemporaryDirectory() as folder:
             onnx_model = OnnxInspectionModel(
@@ -180,6 +183,9 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--model", type=Path, help="a trained version directory (default: random weights)")
+    parser.add_argument(
+        "--preset", default=SHIPPED_PRESET, choices=sorted(PRESETS), help="random-weight network"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     report = run(
@@ -187,6 +193,7 @@ def main() -> None:
         [int(b) for b in args.batches.split(",")],
         args.repeats,
         args.model,
+        args.preset,
     )
     print(report)
     if args.out:

@@ -400,13 +400,12 @@ class OfflineModel:
         }
 
     def describe(self, rounds: list[dict]) -> dict:
-        from iumad.settings import get_settings
 
         values = [entry["offline_ips"] for entry in rounds]
         cpu = [entry["offline_cpu_ms_per_pair"] for entry in rounds]
         return {
             "version": self.model.version,
-            "backend": get_settings().inference_backend,
+            "backend": self.model.backend,
             "batch": self.batch,
             "throughput_ips": round(float(np.median(values)), 2),
             "cpu_ms_per_pair": round(float(np.median(cpu)), 2),

@@ -128,6 +128,8 @@ def prepare_inputs(items: Sequence[InspectionInput], image_size: int) -> Prepare
 class InspectionModel:
     """One model version in memory. Thread-compatible: the gateway calls it from one inference thread."""
 
+    backend = "torch"  # what runs the network: shown in /readyz and /metrics
+
     def __init__(
         self, net: IUMADNet, manifest: Manifest, device: str = "cpu", backbone_weights: Path | None = None
     ) -> None:

@@ -42,7 +42,8 @@ INSPECT_ERRORS = Counter(
 )
 STAGE_LATENCY = Histogram(
     "iumad_stage_latency_seconds",
-    "Time per inspection stage: decode (read + decode + preprocess), queue (waiting for a batch), "
+    "Time per inspection stage: decode (= read: form + image decoding, + prepare: resizing and depth "
+    "preparation), queue (waiting for a batch), "
     "infer (the batch's model call), post (masks, maps, encoding).",
     ["stage"],
     buckets=_LATENCY_BUCKETS,

@@ -123,7 +123,7 @@ class ModelRuntime:
         max_queue: int = 64,
         backbone_weights: Path | None = None,
         retry_after_s: int = 1,
-        backend: str = "torch",
+        backend: str = "auto",
     ) -> None:
         if max_batch_size < 1 or max_queue < 1:
             raise ValueError("max_batch_size and max_queue must be at least 1")
@@ -230,6 +230,7 @@ class ModelRuntime:
             "state": self.state.value,
             "model_version": self.version,
             "device": self.device,
+            "backend": model.backend if (model := self.model) is not None else None,
             "loading": self._loading > 0,
             "last_load_error": None
             if failure is None
@@ -247,7 +248,9 @@ class ModelRuntime:
         """
         with self._model_lock:
             old, self._model = self._model, new_model
-        ACTIVE_MODEL.info({"model_version": new_model.version, "device": self.device})
+        ACTIVE_MODEL.info(
+            {"model_version": new_model.version, "device": self.device, "backend": new_model.backend}
+        )
         MODEL_SWAPS.inc()
         log.info("serving model version %s (was %s)", new_model.version, old.version if old else None)
         return old

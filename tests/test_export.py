@@ -7,7 +7,7 @@ from tiny_model import sample_source, train_tiny
 from iumad.cli import main
 from model.checkpoint import ONNX_FILE, save_version
 from model.errors import CheckpointError
-from model.export import OnnxInspectionModel, export_onnx, load_serving_model
+from model.export import OnnxInspectionModel, export_onnx, load_serving_model, serving_backend
 from model.inference import InspectionInput, InspectionModel
 
 
@@ -89,3 +89,33 @@ def test_gateway_runtime_serves_from_onnxruntime_and_hot_swaps(exported, tmp_pat
         assert runtime.version == trained.manifest.version and isinstance(runtime.model, OnnxInspectionModel)
     finally:
         runtime.close()
+
+
+def test_auto_backend_serves_the_onnx_graph_on_a_cpu_and_pytorch_without_one(exported, tmp_path, caplog):
+    trained, _, path = exported
+    with_graph = save_version(trained.net, trained.manifest, tmp_path / "v", extra_files={ONNX_FILE: path})
+    bare = save_version(trained.net, trained.manifest, tmp_path / "bare")
+    assert load_serving_model(with_graph).backend == "onnxruntime"  # auto is the default
+    assert load_serving_model(with_graph, backend="torch").backend == "torch"
+    with caplog.at_level("INFO", logger="model.export"):
+        old = load_serving_model(bare, backend="auto")
+    assert type(old) is InspectionModel and old.backend == "torch"
+    assert "has no model.onnx: serving it with PyTorch" in caplog.text
+    assert serving_backend(with_graph, trained.manifest, "auto", "cuda") == "torch"
+    with pytest.raises(ValueError, match="unknown inference backend 'tensorrt'"):
+        serving_backend(with_graph, trained.manifest, "tensorrt", "cpu")
+
+
+def test_the_runtime_and_metrics_name_the_backend_in_use(exported, tmp_path):
+    from prometheus_client import generate_latest
+
+    from service.metrics import REGISTRY
+    from service.runtime import ModelRuntime
+
+    trained, _, path = exported
+    directory = save_version(trained.net, trained.manifest, tmp_path / "v", extra_files={ONNX_FILE: path})
+    runtime = ModelRuntime(max_batch_wait_ms=1)
+    assert runtime.backend == "auto" and runtime.status()["backend"] is None
+    runtime.load_and_swap(directory)
+    assert runtime.status()["backend"] == "onnxruntime"
+    assert 'iumad_active_model_info{backend="onnxruntime"' in generate_latest(REGISTRY).decode()

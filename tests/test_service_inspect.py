@@ -73,8 +73,13 @@ def test_response_has_every_field_with_consistent_values(client, reference):
     assert decode_anomaly_map(body["anomaly_map"]).shape == (HEIGHT, WIDTH)
     assert body["modalities"] == ["rgb", "depth"]
     assert body["model_version"] == reference.version
-    assert set(body["timings_ms"]) == {"decode", "queue", "infer", "post"}
-    assert all(value >= 0 for value in body["timings_ms"].values())
+    timings = body["timings_ms"]
+    assert set(timings) == {"decode", "read", "prepare", "queue", "infer", "post", "total"}
+    assert all(value >= 0 for value in timings.values())
+    assert timings["read"] + timings["prepare"] == pytest.approx(timings["decode"], abs=0.01)
+    assert (
+        timings["decode"] + timings["queue"] + timings["infer"] + timings["post"] <= timings["total"] + 0.01
+    )
     assert body["warnings"] == []
 
 
@@ -224,4 +229,7 @@ def test_metrics_count_inspections_by_object_version_and_decision(client):
     for stage in ("decode", "queue", "infer", "post"):
         assert f'iumad_stage_latency_seconds_count{{stage="{stage}"}}' in text
     assert "iumad_batch_size_bucket" in text
-    assert 'iumad_active_model_info{device="cpu",model_version="v20260101T000000-test01"} 1.0' in text
+    assert (
+        'iumad_active_model_info{backend="torch",device="cpu",model_version="v20260101T000000-test01"} 1.0'
+        in text
+    )

@@ -113,7 +113,10 @@ def test_swap_serves_the_new_model_from_the_next_request(client, runtime):
     assert old.version == before["model_version"]
     assert after["model_version"] == "v-swapped"
     assert after["raw_score"] == pytest.approx(before["raw_score"], abs=1e-5)  # same weights, new name
-    assert 'iumad_active_model_info{device="cpu",model_version="v-swapped"}' in client.get("/metrics").text
+    assert (
+        'iumad_active_model_info{backend="torch",device="cpu",model_version="v-swapped"}'
+        in client.get("/metrics").text
+    )
 
 
 def test_a_batch_in_flight_finishes_on_the_model_it_started_with(client, runtime):
@@ -150,6 +153,7 @@ def test_a_failed_load_keeps_the_old_model_serving_and_says_why(client, runtime,
     assert client.post("/inspect", files=files_for(rgb)).json()["model_version"] == serving
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["state"] == "ready"
+    assert ready.json()["backend"] in ("torch", "onnxruntime")
     assert "not valid JSON" in ready.json()["last_load_error"]["message"]
     assert ready.json()["last_load_error"]["version_dir"].endswith("v20260103T000000-broken")
     metrics = client.get("/metrics").text

@@ -385,7 +385,7 @@ class EnrolmentRun:
             manifest.metrics["forgetting_guard"] = guard.to_dict()
         with tempfile.TemporaryDirectory() as scratch:
             extra_files = {}
-            if settings.inference_backend == "onnxruntime":  # gateways never export on the hot path
+            if settings.inference_backend != "torch":  # gateways never export on the hot path
                 from model.checkpoint import ONNX_FILE
                 from model.export import export_onnx
 

@@ -41,6 +41,7 @@ def readyz(state: Annotated[AppState, Depends(get_state)]) -> JSONResponse:
         model_version=status["model_version"],
         active_version=active.name if active else None,
         device=status["device"],
+        backend=status["backend"],
         last_load_error=status["last_load_error"],
         queue_depth=status["queue_depth"],
         max_queue=status["max_queue"],

@@ -99,6 +99,7 @@ class _Decoded:
     item: InspectionInput
     prepared: PreparedBatch
     files: dict[str, bytes] | None  # kept only to store a rejected part's images
+    prepare_s: float  # resizing and depth preparation for the network (part of the decode stage)
 
 
 async def _in_pool(pool: Executor, function: Callable[..., T], *args: Any) -> T:
@@ -179,7 +180,9 @@ def _decode(
     files = None
     if keep_files:
         files = {"rgb": rgb_bytes} | ({"depth": depth_bytes} if depth_bytes is not None else {})
-    return _Decoded(item, runtime.prepare(item), files)
+    started = time.perf_counter()
+    prepared = runtime.prepare(item)
+    return _Decoded(item, prepared, files, time.perf_counter() - started)
 
 
 def _respond(
@@ -302,7 +305,13 @@ async def _inspect(request: Request, state: AppState, started: float) -> Inspect
         )
         decoded_at = time.perf_counter()
         result = await runtime.infer(decoded.item, decoded.prepared)
-        timings = {"decode": decoded_at - started, "queue": result.queue_s, "infer": result.infer_s}
+        timings = {
+            "decode": decoded_at - started,
+            "read": decoded_at - started - decoded.prepare_s,
+            "prepare": decoded.prepare_s,
+            "queue": result.queue_s,
+            "infer": result.infer_s,
+        }
         post_started = time.perf_counter()
         response = await _in_pool(
             state.decode_pool,
@@ -312,13 +321,14 @@ async def _inspect(request: Request, state: AppState, started: float) -> Inspect
             decoded,
             result,
             request_id,
-            {**{k: round(1000 * v, 3) for k, v in timings.items()}, "post": 0.0},
+            {**{k: round(1000 * v, 3) for k, v in timings.items()}, "post": 0.0, "total": 0.0},
         )
         finished = time.perf_counter()
     finally:
         await form.close()
     timings["post"] = finished - post_started
     response.timings_ms.post = round(1000 * timings["post"], 3)
+    response.timings_ms.total = round(1000 * (finished - started), 3)
     for stage, seconds in timings.items():
         STAGE_LATENCY.labels(stage).observe(seconds)
     decision = "fail" if response.is_anomalous else "pass"
