@@ -39,6 +39,10 @@ class ObjectRecord:
     modalities: list[str]
     norm_mean: list[float] = field(default_factory=lambda: [0.0, 0.0])  # [rgb, depth]
     norm_std: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    # Normal image-score mean and spread of each modality's map alone ([rgb, depth]): the anomaly map
+    # is the maximum of the standardised modality maps. None (older versions): their mean.
+    score_mean: list[float] | None = None
+    score_std: list[float] | None = None
     threshold: float | None = None
     target_false_reject_rate: float = 0.01
     train_samples: int = 0

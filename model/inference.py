@@ -230,6 +230,9 @@ class InspectionModel:
                 )
         mean = torch.tensor([record.norm_mean for record in records], dtype=errors.dtype)
         std = torch.tensor([record.norm_std for record in records], dtype=errors.dtype)
+        unset = [float("nan")] * 2  # calibrated before per-modality score statistics: averaged maps
+        score_mean = torch.tensor([record.score_mean or unset for record in records], dtype=errors.dtype)
+        score_std = torch.tensor([record.score_std or unset for record in records], dtype=errors.dtype)
         weights = batch.modality_weights() * present[:, :, None, None].to(errors.dtype)
         maps, scores = anomaly_maps(
             errors,
@@ -239,6 +242,8 @@ class InspectionModel:
             self.config.image_size,
             self.config.smoothing_sigma,
             self.config.score_pool,
+            score_mean,
+            score_std,
         )
         results = []
         for index, record in enumerate(records):

@@ -174,3 +174,68 @@ def test_objects_are_predicted_by_the_nearest_prototype_in_units_of_its_spread()
     # Without depth, only the RGB part of the distance counts: the same answer.
     without_depth = net.object_probabilities(queries, torch.zeros(3, CHANNELS + 4, 4, 4), torch.zeros(3))
     assert without_depth.argmax(dim=1).tolist() == [0, 1, 2]
+
+
+def test_the_map_is_the_maximum_of_each_modalitys_map_standardised_by_its_normal_scores():
+    from model.network.anomaly_map import anomaly_maps, modality_score_statistics
+
+    generator = torch.Generator().manual_seed(0)
+    size, grid = 64, 4
+    ones = torch.ones(1, 2)
+    # Normal parts: calm RGB errors, depth errors that run high and vary (a noisy sensor).
+    normals = torch.rand(40, 2, grid, grid, generator=generator)
+    normals[:, 1] *= 6.0
+    weights = torch.ones(40, 2, grid, grid)
+    score_mean, score_std = modality_score_statistics(normals, weights, [0.0, 0.0], [1.0, 1.0], size, 4.0, 4)
+    assert score_mean[1] > score_mean[0] and score_std[1] > score_std[0]
+
+    def score(errors: torch.Tensor, stats: bool = True) -> float:
+        extra = (torch.tensor([score_mean]), torch.tensor([score_std])) if stats else (None, None)
+        return float(
+            anomaly_maps(errors[None], torch.ones(1, 2, grid, grid), 0 * ones, ones, size, 4.0, 4, *extra)[1]
+        )
+
+    calm = torch.full((2, grid, grid), 0.5)
+    calm[1] = 3.0  # depth at its normal level
+    rgb_defect, depth_defect = calm.clone(), calm.clone()
+    rgb_defect[0, 1, 1] = 4.0
+    depth_defect[1, 1, 1] = 3.0 + 8 * score_std[1] * 4  # as far above depth's normal spread
+    assert score(rgb_defect) > score(calm) + 1 and score(depth_defect) > score(calm) + 1  # either modality
+    # Averaged (the rule of versions without the statistics), the noisy depth hides the RGB defect.
+    assert score(rgb_defect) - score(calm) > 3 * (score(rgb_defect, stats=False) - score(calm, stats=False))
+    # Rows without statistics (NaN) are averaged, rows with them fused, in one batch.
+    batch = torch.stack([rgb_defect, rgb_defect])
+    stats_mean = torch.tensor([score_mean, [float("nan")] * 2])
+    stats_std = torch.tensor([score_std, [float("nan")] * 2])
+    _, scores = anomaly_maps(
+        batch,
+        torch.ones(2, 2, grid, grid),
+        0 * ones.expand(2, 2),
+        ones.expand(2, 2),
+        size,
+        4.0,
+        4,
+        stats_mean,
+        stats_std,
+    )
+    assert float(scores[0]) == pytest.approx(score(rgb_defect)) and float(scores[1]) == pytest.approx(
+        score(rgb_defect, stats=False)
+    )
+
+
+def test_a_modality_a_part_does_not_have_is_left_out_of_the_maximum():
+    from model.network.anomaly_map import anomaly_maps
+
+    errors = torch.zeros(1, 2, 2, 2)
+    errors[0, 1] = 100.0  # depth errors of a part sent without depth
+    weights = torch.zeros(1, 2, 2, 2)
+    weights[0, 0] = 1.0
+    mean, spread = torch.zeros(1, 2), torch.ones(1, 2)
+    maps, scores = anomaly_maps(
+        errors, weights, mean, spread, 32, 0.0, 1, torch.zeros(1, 2), torch.ones(1, 2)
+    )
+    assert float(scores[0]) == pytest.approx(0.0) and float(maps.abs().max()) == pytest.approx(0.0)
+    maps, _ = anomaly_maps(
+        errors, torch.zeros_like(weights), mean, spread, 32, 0.0, 1, torch.zeros(1, 2), torch.ones(1, 2)
+    )
+    assert torch.all(maps == 0)

@@ -184,7 +184,11 @@ def test_inference_is_deterministic_and_batch_independent(base):
     for a, b in zip(together, alone, strict=True):
         assert a.object == b.object
         assert a.raw_score == pytest.approx(b.raw_score, abs=1e-4)
-        np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-4)
+        np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-4, rtol=1e-4)
+    # Float32 noise of batched convolutions, divided by the object's normal score spread: 1e-4 of the map.
     torch.testing.assert_close(
-        torch.tensor(together[0].anomaly_map), torch.tensor(model.predict(items[:1])[0].anomaly_map)
+        torch.tensor(together[0].anomaly_map),
+        torch.tensor(model.predict(items[:1])[0].anomaly_map),
+        atol=1e-4,
+        rtol=1e-4,
     )

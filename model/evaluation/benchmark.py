@@ -198,6 +198,9 @@ def results_markdown(results: dict, details: dict | None = None) -> str:
             f"Image size {details['image_size']}; total {details['seconds']} s "
             f"(per step learn/eval s: {details['step_seconds']})."
         )
+        if details.get("training"):
+            steps = ", ".join(str(entry.get("steps")) for entry in details["training"])
+            lines.append(f"Training steps per step of the protocol: {steps}.")
         if details.get("memory_bytes") is not None:
             lines.append(f"Model memory: {details['memory_bytes'] / 2**20:.1f} MiB.")
         if details.get("skipped"):
@@ -293,6 +296,7 @@ def run_benchmark(
         "skipped": problems,
         "test_items": {name: len(test[name]) for name in order},
         "test_validation": test_validation,
+        "training": getattr(runner, "history", None),  # ib-iumad: each step's steps and timings
     }
     if out_dir is not None:
         out = Path(out_dir)

@@ -1,8 +1,13 @@
 """Per-token reconstruction errors -> anomaly map at network resolution -> image score.
 
-Each modality's error is normalised by that object's statistics on normal samples (so one modality
-cannot drown the other), the present modalities are averaged, the map is upsampled and smoothed,
-and the image score is the maximum of the average-pooled map (the UniAD/IUF convention).
+Each modality's token error is normalised by that object's statistics on normal samples, upsampled
+and smoothed. Objects calibrated with per-modality score statistics (every version since they
+exist) then standardise each modality's map by how high that modality's image score runs on the
+object's normal parts, and take the pixel-wise maximum: a part is anomalous where *either* modality
+sees more than its own normal variation, and a modality that is noisy on normal parts of this
+object (a depth sensor on a shiny part) cannot lift every part's score. Older objects average the
+normalised modalities, as before. The image score is the maximum of the average-pooled map (the
+UniAD/IUF convention).
 """
 
 from __future__ import annotations
@@ -42,6 +47,39 @@ def combine_modalities(
     return (normalised * weights).sum(dim=1) / total.clamp_min(1e-6) * (total > 0)
 
 
+def modality_maps(
+    errors: torch.Tensor,
+    weights: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    image_size: int,
+    smoothing_sigma: float = 4.0,
+) -> torch.Tensor:
+    """-> (B, 2, S, S): each modality's normalised token error times its token weight, upsampled to
+    S = image_size and smoothed (0 where the modality did not measure)."""
+    normalised = (errors - mean[:, :, None, None]) / std[:, :, None, None] * weights
+    batch = errors.shape[0]
+    maps = F.interpolate(
+        normalised.flatten(0, 1).unsqueeze(1),
+        size=(image_size, image_size),
+        mode="bilinear",
+        align_corners=False,
+    ).squeeze(1)
+    return gaussian_blur(maps, smoothing_sigma * image_size / 224).view(batch, 2, image_size, image_size)
+
+
+def fuse_modalities(
+    maps: torch.Tensor, present: torch.Tensor, score_mean: torch.Tensor, score_std: torch.Tensor
+) -> torch.Tensor:
+    """maps (B, 2, S, S), present (B, 2) bool, the object's normal image-score mean and spread per
+    modality (B, 2) -> (B, S, S): the pixel-wise maximum of the standardised maps of the present
+    modalities (0 where none is present)."""
+    standardised = (maps - score_mean[:, :, None, None]) / score_std[:, :, None, None]
+    standardised = standardised.masked_fill(~present[:, :, None, None], float("-inf"))
+    fused = standardised.amax(dim=1)
+    return torch.where(present.any(dim=1)[:, None, None], fused, torch.zeros_like(fused))
+
+
 def anomaly_maps(
     errors: torch.Tensor,
     weights: torch.Tensor,
@@ -50,14 +88,67 @@ def anomaly_maps(
     image_size: int,
     smoothing_sigma: float = 4.0,
     score_pool: int = 16,
+    score_mean: torch.Tensor | None = None,
+    score_std: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> maps (B, S, S) at network resolution S = image_size, and image scores (B,)."""
+    """-> maps (B, S, S) at network resolution S = image_size, and image scores (B,).
+
+    `score_mean` / `score_std` (B, 2): each sample's object's per-modality image-score statistics on
+    normal parts (`modality_score_statistics`); rows of NaN (objects calibrated before them) and
+    `None` use the mean of the normalised modalities.
+    """
     combined = combine_modalities(errors, weights, mean, std)
-    maps = F.interpolate(
+    averaged = F.interpolate(
         combined.unsqueeze(1), size=(image_size, image_size), mode="bilinear", align_corners=False
     ).squeeze(1)
-    maps = gaussian_blur(maps, smoothing_sigma * image_size / 224)
+    maps = gaussian_blur(averaged, smoothing_sigma * image_size / 224)
+    if score_mean is not None and score_std is not None:
+        fused_rows = ~torch.isnan(score_mean).any(dim=1)
+        if bool(fused_rows.any()):
+            present = weights.flatten(2).amax(dim=2) > 0
+            per_modality = modality_maps(errors, weights, mean, std, image_size, smoothing_sigma)
+            fused = fuse_modalities(
+                per_modality, present, torch.nan_to_num(score_mean), torch.nan_to_num(score_std, nan=1.0)
+            )
+            maps = torch.where(fused_rows[:, None, None], fused, maps)
     return maps, image_scores(maps, score_pool)
+
+
+def modality_score_statistics(
+    errors: torch.Tensor,
+    weights: torch.Tensor,
+    mean: list[float],
+    std: list[float],
+    image_size: int,
+    smoothing_sigma: float,
+    score_pool: int,
+) -> tuple[list[float], list[float]]:
+    """Normal parts' errors (N, 2, h, w) -> per modality, the mean and spread of the image score of
+    that modality's map alone (a modality no part has: 0 and 1). The spread has a floor, so that a
+    tiny holdout cannot make one modality's standardised map explode."""
+    count = errors.shape[0]
+    maps = modality_maps(
+        errors,
+        weights,
+        torch.tensor([mean] * count, dtype=errors.dtype),
+        torch.tensor([std] * count, dtype=errors.dtype),
+        image_size,
+        smoothing_sigma,
+    )
+    present = weights.flatten(2).amax(dim=2) > 0
+    means, spreads = [], []
+    for modality in range(2):
+        rows = present[:, modality]
+        if int(rows.sum()) == 0:
+            means.append(0.0)
+            spreads.append(1.0)
+            continue
+        scores = image_scores(maps[rows, modality], score_pool).double()
+        centre = float(scores.mean())
+        spread = float(scores.std()) if scores.numel() > 1 else 1.0
+        means.append(centre)
+        spreads.append(max(spread, 0.05 * abs(centre), 1e-3))
+    return means, spreads
 
 
 def image_scores(maps: torch.Tensor, score_pool: int = 16) -> torch.Tensor:

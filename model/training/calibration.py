@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from model.network.anomaly_map import anomaly_maps
+from model.network.anomaly_map import anomaly_maps, modality_score_statistics
 
 
 def error_statistics(errors: torch.Tensor, weights: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -54,8 +54,12 @@ def calibrate_object(
     score_pool: int,
     target_false_reject_rate: float,
 ) -> dict:
-    """-> norm_mean, norm_std, threshold and the holdout score summary for one object."""
+    """-> norm_mean, norm_std, score_mean, score_std, threshold and the holdout score summary for one
+    object (the threshold on the same fused score that inspection computes)."""
     mean, std = error_statistics(errors, weights)
+    score_mean, score_std = modality_score_statistics(
+        errors, weights, mean, std, image_size, smoothing_sigma, score_pool
+    )
     count = errors.shape[0]
     _, scores = anomaly_maps(
         errors,
@@ -65,12 +69,16 @@ def calibrate_object(
         image_size,
         smoothing_sigma,
         score_pool,
+        torch.tensor([score_mean] * count, dtype=errors.dtype),
+        torch.tensor([score_std] * count, dtype=errors.dtype),
     )
     scores_np = scores.numpy()
     threshold = threshold_for_false_reject_rate(scores_np, target_false_reject_rate)
     return {
         "norm_mean": mean,
         "norm_std": std,
+        "score_mean": score_mean,
+        "score_std": score_std,
         "threshold": threshold,
         "calibration": {
             "samples": int(count),

@@ -426,6 +426,7 @@ def train_version(
                 record.target_false_reject_rate,
             )
             updated.norm_mean, updated.norm_std = result["norm_mean"], result["norm_std"]
+            updated.score_mean, updated.score_std = result["score_mean"], result["score_std"]
             updated.threshold = result["threshold"]
             updated.calibration = {**result["calibration"], "recalibrated_in": version}
         records.append(updated)
@@ -447,6 +448,8 @@ def train_version(
                 modalities=train_sets[item.name].modalities,
                 norm_mean=result["norm_mean"],
                 norm_std=result["norm_std"],
+                score_mean=result["score_mean"],
+                score_std=result["score_std"],
                 threshold=result["threshold"],
                 target_false_reject_rate=item.target_false_reject_rate,
                 train_samples=len(item.train),
