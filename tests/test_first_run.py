@@ -54,6 +54,20 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _start(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """A process group of its own (so that the whole tree can be stopped), output into `log`."""
+    with log.open("wb") as output:
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
 def _stop_group(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
     """SIGTERM to the whole process group (make and the server it started), then wait."""
     if process.poll() is None:
@@ -94,16 +108,9 @@ def test_serve_from_a_fresh_directory_with_no_settings(tmp_path: Path) -> None:
     workdir.mkdir()
     port = free_port()
     log = tmp_path / "serve.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "iumad.cli", "serve", "--port", str(port)],
-            cwd=workdir,
-            env=_clean_env(),
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    process = _start(
+        [sys.executable, "-m", "iumad.cli", "serve", "--port", str(port)], workdir, _clean_env(), log
+    )
     try:
         _serves_a_fresh_install(f"http://127.0.0.1:{port}", process, log)
         assert (workdir / "iumad-data" / "redis" / "appendonly.aof").exists()
@@ -147,16 +154,7 @@ def test_the_readme_first_command_serves_on_a_clean_copy_of_the_repository(tmp_p
     os.utime(clone / "pyproject.toml", (before, before))  # the stamp is up to date: no reinstall
     port = free_port()
     log = tmp_path / "make-run.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [*command.split(), f"VENV={venv}"],
-            cwd=clone,
-            env=_clean_env(IUMAD_PORT=str(port)),
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    process = _start([*command.split(), f"VENV={venv}"], clone, _clean_env(IUMAD_PORT=str(port)), log)
     try:
         _serves_a_fresh_install(f"http://127.0.0.1:{port}", process, log)
         assert (clone / "iumad-data" / "redis" / "appendonly.aof").exists()

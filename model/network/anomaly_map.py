@@ -58,14 +58,16 @@ def modality_maps(
     """-> (B, 2, S, S): each modality's normalised token error times its token weight, upsampled to
     S = image_size and smoothed (0 where the modality did not measure)."""
     normalised = (errors - mean[:, :, None, None]) / std[:, :, None, None] * weights
-    batch = errors.shape[0]
+    maps = to_image_resolution(normalised.flatten(0, 1), image_size, smoothing_sigma)
+    return maps.view(errors.shape[0], 2, image_size, image_size)
+
+
+def to_image_resolution(token_maps: torch.Tensor, image_size: int, smoothing_sigma: float) -> torch.Tensor:
+    """(B, h, w) token maps -> (B, S, S): bilinear upsampling, then the Gaussian (sigma in pixels at 224)."""
     maps = F.interpolate(
-        normalised.flatten(0, 1).unsqueeze(1),
-        size=(image_size, image_size),
-        mode="bilinear",
-        align_corners=False,
+        token_maps.unsqueeze(1), size=(image_size, image_size), mode="bilinear", align_corners=False
     ).squeeze(1)
-    return gaussian_blur(maps, smoothing_sigma * image_size / 224).view(batch, 2, image_size, image_size)
+    return gaussian_blur(maps, smoothing_sigma * image_size / 224)
 
 
 def fuse_modalities(
@@ -97,11 +99,7 @@ def anomaly_maps(
     normal parts (`modality_score_statistics`); rows of NaN (objects calibrated before them) and
     `None` use the mean of the normalised modalities.
     """
-    combined = combine_modalities(errors, weights, mean, std)
-    averaged = F.interpolate(
-        combined.unsqueeze(1), size=(image_size, image_size), mode="bilinear", align_corners=False
-    ).squeeze(1)
-    maps = gaussian_blur(averaged, smoothing_sigma * image_size / 224)
+    maps = to_image_resolution(combine_modalities(errors, weights, mean, std), image_size, smoothing_sigma)
     if score_mean is not None and score_std is not None:
         fused_rows = ~torch.isnan(score_mean).any(dim=1)
         if bool(fused_rows.any()):
@@ -130,8 +128,8 @@ def modality_score_statistics(
     maps = modality_maps(
         errors,
         weights,
-        torch.tensor([mean] * count, dtype=errors.dtype),
-        torch.tensor([std] * count, dtype=errors.dtype),
+        for_each(mean, count, errors.dtype),
+        for_each(std, count, errors.dtype),
         image_size,
         smoothing_sigma,
     )
@@ -162,3 +160,8 @@ def resize_map(anomaly_map: torch.Tensor, height: int, width: int) -> torch.Tens
     return F.interpolate(anomaly_map[None, None], size=(height, width), mode="bilinear", align_corners=False)[
         0, 0
     ]
+
+
+def for_each(values: list[float], count: int, dtype: torch.dtype) -> torch.Tensor:
+    """One object's per-modality statistics repeated for `count` samples: (count, len(values))."""
+    return torch.tensor([values] * count, dtype=dtype)

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from model.network.anomaly_map import anomaly_maps, modality_score_statistics
+from model.network.anomaly_map import anomaly_maps, for_each, modality_score_statistics
 
 
 def error_statistics(errors: torch.Tensor, weights: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -64,13 +64,13 @@ def calibrate_object(
     _, scores = anomaly_maps(
         errors,
         weights,
-        torch.tensor([mean] * count, dtype=errors.dtype),
-        torch.tensor([std] * count, dtype=errors.dtype),
+        for_each(mean, count, errors.dtype),
+        for_each(std, count, errors.dtype),
         image_size,
         smoothing_sigma,
         score_pool,
-        torch.tensor([score_mean] * count, dtype=errors.dtype),
-        torch.tensor([score_std] * count, dtype=errors.dtype),
+        for_each(score_mean, count, errors.dtype),
+        for_each(score_std, count, errors.dtype),
     )
     scores_np = scores.numpy()
     threshold = threshold_for_false_reject_rate(scores_np, target_false_reject_rate)
