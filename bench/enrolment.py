@@ -285,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.names:
             parser.error("--data needs --names")
         names = [name.strip() for name in args.names.split(",") if name.strip()]
+        missing = [name for name in names if not (args.data / name / "train" / "good").is_dir()]
+        if missing:
+            parser.error(f"--names: no {', '.join(missing)} with a train/good folder under {args.data}")
         report = run_dataset(args.data, names, args.max_minutes, args.test_validation)
     else:
         report = run(
