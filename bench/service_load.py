@@ -9,10 +9,12 @@ Phases, one after the other so they do not compete for the CPU:
    CPU the gateway and this load generator used per request; split into --rounds rounds, each
    followed by
 3. offline: the same model version in this process, `prepare_inputs` + `predict_prepared` on batches
-   of --batch -> the model's batched throughput, while the gateway idles. The service's throughput is
+   of --batch, decoding the same files each time -> the work's batched throughput, while the gateway
+   idles. The service's throughput is
    reported as a fraction of it: the median over the rounds of (service round / offline right after);
 4. half (optional, --half-load): open loop at half the measured throughput -> p99 at that load.
-Every request posts the same 224 px RGB PNG + float32 depth TIFF pair (encoded once, up front).
+Every request posts the same RGB PNG and depth file (`--size` px, `--depth` xyz | z | png16 | none),
+encoded once, up front.
 The server's RSS (from /metrics) is read before and after the load phases, to show drift.
 """
 
@@ -50,16 +52,35 @@ class PhaseResult:
     failure_kinds: dict[str, int] = field(default_factory=dict)
 
 
-def synthetic_pair(size: int, seed: int = 0) -> tuple[bytes, bytes]:
-    """A textured RGB PNG and a float32 z TIFF (MVTec 3D-AD-like, metres), `size` px square."""
+DEPTH_FORMATS = ("xyz", "z", "png16", "none")
+
+
+def synthetic_pair(size: int, seed: int = 0, depth_format: str = "z") -> tuple[bytes, bytes | None]:
+    """A textured RGB PNG and its depth, `size` px square, with a corner of sensor dropouts.
+
+    Depth formats: `xyz` a float32 HxWx3 TIFF with (0, 0, 0) = missing (MVTec 3D-AD), `z` a float32
+    HxW TIFF (metres), `png16` a 16-bit greyscale PNG (raw units, 0 = missing), `none` RGB only.
+    """
+    if depth_format not in DEPTH_FORMATS:
+        raise ValueError(f"unknown depth format {depth_format!r}")
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size]
     rgb = np.stack([120 + 40 * np.sin(xx / 7), 110 + 30 * np.cos(yy / 9), 90 + 0 * xx], -1)
     rgb = np.clip(rgb + rng.normal(0, 5, rgb.shape), 0, 255).astype(np.uint8)
-    depth = (0.6 + 0.01 * np.sin(xx / 11) + rng.normal(0, 1e-4, (size, size))).astype(np.float32)
+    z = (0.6 + 0.01 * np.sin(xx / 11) + rng.normal(0, 1e-4, (size, size))).astype(np.float32)
+    z[: size // 20, : size // 20] = 0.0
     rgb_buffer, depth_buffer = io.BytesIO(), io.BytesIO()
     Image.fromarray(rgb).save(rgb_buffer, format="PNG")
-    tifffile.imwrite(depth_buffer, depth)
+    if depth_format == "none":
+        return rgb_buffer.getvalue(), None
+    if depth_format == "xyz":
+        xyz = np.stack([xx * 1e-4, yy * 1e-4, z], axis=-1).astype(np.float32)
+        xyz[z == 0] = 0.0
+        tifffile.imwrite(depth_buffer, xyz)
+    elif depth_format == "png16":
+        Image.fromarray(np.rint(z * 50_000).astype(np.uint16)).save(depth_buffer, format="PNG")
+    else:
+        tifffile.imwrite(depth_buffer, z)
     return rgb_buffer.getvalue(), depth_buffer.getvalue()
 
 
@@ -235,8 +256,10 @@ def cpu_per_request_ms(cpu_seconds: float | None, phase: PhaseResult) -> float |
     )
 
 
-async def run_service_phases(args: argparse.Namespace, rgb: bytes, depth: bytes) -> dict:
-    files = {"rgb": ("part.png", rgb, "image/png"), "depth": ("part.tiff", depth, "image/tiff")}
+async def run_service_phases(args: argparse.Namespace, rgb: bytes, depth: bytes | None) -> dict:
+    files = {"rgb": ("part.png", rgb, "image/png")}
+    if depth is not None:
+        files["depth"] = ("part.depth", depth, "application/octet-stream")
     data = {"mask": args.mask}
     headers = {"X-API-Key": args.api_key} if args.api_key else {}
     limits = httpx.Limits(
@@ -354,7 +377,7 @@ async def soak_phase(
 
 
 class OfflineModel:
-    """The model alone, batched: preprocessing + model call, no HTTP, no decoding.
+    """The same work without HTTP, batched: decoding, preprocessing and the model call.
 
     Loaded in this process once, measured between the load rounds while the gateway idles. Each
     measurement runs in a worker thread, like the gateway's inference thread: on a CPU shared with
@@ -362,27 +385,32 @@ class OfflineModel:
     (an OpenMP team waiting on descheduled threads), which would flatter the service.
     """
 
-    def __init__(self, model, items: list, batch: int) -> None:
-        self.model, self.items, self.batch = model, items, batch
+    def __init__(self, model, rgb: bytes, depth: bytes | None, batch: int) -> None:
+        self.model, self.rgb, self.depth, self.batch = model, rgb, depth, batch
 
     @classmethod
-    def load(cls, args: argparse.Namespace, model_version: str | None, rgb: bytes, depth: bytes):
+    def load(cls, args: argparse.Namespace, model_version: str | None, rgb: bytes, depth: bytes | None):
         version_dir = find_version_dir(args, model_version)
         if version_dir is None or args.offline_seconds <= 0:
             return None
         from iumad.settings import get_settings
-        from model.data.decode import decode_depth, decode_rgb
         from model.export import load_serving_model
-        from model.inference import InspectionInput
         from service.runtime import resolve_device
 
         # The same backend the gateway serves with (IUMAD_INFERENCE_BACKEND), so the ratio compares
         # like with like.
         model = load_serving_model(version_dir, get_settings().inference_backend, resolve_device(args.device))
-        item = InspectionInput(decode_rgb(rgb), decode_depth(depth))
-        offline = cls(model, [item] * args.batch, args.batch)
+        offline = cls(model, rgb, depth, args.batch)
         offline.measure(0.0)  # warm-up
         return offline
+
+    def decode(self):
+        """The request's decoding, as the gateway does it for every part."""
+        from model.data.decode import decode_depth, decode_rgb
+        from model.inference import InspectionInput
+
+        depth = None if self.depth is None else decode_depth(self.depth)
+        return InspectionInput(decode_rgb(self.rgb), depth)
 
     def measure(self, seconds: float) -> dict:
         from model.inference import prepare_inputs
@@ -390,7 +418,8 @@ class OfflineModel:
         size, nothing = self.model.config.image_size, [None] * self.batch
         done, started, cpu_started = 0, time.perf_counter(), time.process_time()
         while done == 0 or time.perf_counter() - started < seconds:
-            self.model.predict_prepared(prepare_inputs(self.items, size), nothing)
+            items = [self.decode() for _ in range(self.batch)]
+            self.model.predict_prepared(prepare_inputs(items, size), nothing)
             done += self.batch
         elapsed = time.perf_counter() - started
         return {
@@ -513,6 +542,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-fraction", type=float, default=0.8, help="soak rate / measured throughput")
     parser.add_argument("--rss-every", type=float, default=30.0, help="RSS sampling interval in the soak")
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument(
+        "--depth", default="z", choices=DEPTH_FORMATS, help="depth file each request posts (none: RGB only)"
+    )
     parser.add_argument("--mask", default="rle", choices=["none", "png", "rle"])
     parser.add_argument("--api-key", default=os.environ.get("IUMAD_BENCH_API_KEY"))
     parser.add_argument("--activate", metavar="VERSION", help="activate this version first (operator key)")
@@ -536,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.clients < 1 or args.seconds <= 0:
         parser.error("--rounds and --clients must be at least 1 and --seconds positive")
 
-    rgb, depth = synthetic_pair(args.size)
+    rgb, depth = synthetic_pair(args.size, depth_format=args.depth)
     process = None
     if args.start_server:
         port = free_port()

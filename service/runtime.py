@@ -1,10 +1,13 @@
 """The serving model and the one thread that runs it, fed by a bounded micro-batching queue.
 
-Requests are decoded and preprocessed (`prepare_inputs`, numpy) in the gateway's decode pool; each then
-puts one job on the queue and awaits a future. The inference thread takes the first waiting job, waits
-at most `max_batch_wait_ms` for more (up to `max_batch_size`), stacks their tensors and makes one model
-call. The event loop never runs model code, and a full queue is refused at once (503 + Retry-After)
-instead of growing latency without bound.
+Each request is admitted (`admit()`) before its body is read: when the queued and admitted requests
+already fill `max_queue`, it is refused at once (503 + Retry-After) without reading or decoding the
+upload, instead of growing latency without bound. It is decoded and preprocessed (`prepare_inputs`,
+numpy) in the gateway's decode pool, then puts one job on the queue (its admission passes to the
+queue) and awaits a future. The inference thread takes the first waiting job and, while other
+admitted requests are still on their way, waits at most `max_batch_wait_ms` for more (up to
+`max_batch_size`); alone, it runs at once. It stacks their tensors and makes one model call. The
+event loop never runs model code.
 
 Hot swap: the serving model is one reference, read once at the start of each batch. `swap()` replaces
 it between batches, so a batch in flight finishes on the model it started with, and every result
@@ -111,6 +114,25 @@ def warm_up(model: InspectionModel) -> None:
     model.predict([item])
 
 
+class Admission:
+    """One request's place in the gateway, from before its body is read until its job is queued."""
+
+    def __init__(self, runtime: ModelRuntime) -> None:
+        self._runtime: ModelRuntime | None = runtime
+
+    def release(self) -> None:
+        """Give the place back (idempotent)."""
+        runtime, self._runtime = self._runtime, None
+        if runtime is not None:
+            runtime._release()
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
 class ModelRuntime:
     """Owns the serving `InspectionModel` and the inference thread; see the module docstring."""
 
@@ -143,6 +165,7 @@ class ModelRuntime:
         self._loading = 0
         self._last_load_error: LoadFailure | None = None
         self._draining = False
+        self._admitted = 0  # requests admitted and still being read or prepared (not yet queued)
         self._thread: threading.Thread | None = None
         self.batches_run = 0
         self.items_run = 0
@@ -334,29 +357,58 @@ class ModelRuntime:
             raise NotReadyError("no model is loaded", self.retry_after_s)
         return prepare_inputs([item], model.config.image_size)
 
-    def submit(self, item: InspectionInput, prepared: PreparedBatch) -> Future[InferenceResult]:
-        """Queue one prepared item; raises `QueueFullError` (503) at once when the queue is full."""
-        job = _Job(item, prepared, Future(), time.perf_counter())
+    def admit(self) -> Admission:
+        """Reserve a place for one request before its body is read: `QueueFullError` (503) when the
+        queued and admitted requests already fill `max_queue`, so a busy gateway refuses an upload
+        without reading or decoding it. Release it (a `with` block, or `submit(..., admission)`)."""
         with self._accept_lock:
-            if self._draining:
-                raise NotReadyError(
-                    "the gateway is shutting down; retry on another gateway", self.retry_after_s
-                )
-            try:
-                self._queue.put_nowait(job)
-            except queue.Full:
-                QUEUE_REJECTIONS.inc()
-                raise QueueFullError(
-                    f"the inference queue is full ({self.max_queue} inspections waiting); "
-                    f"retry after {self.retry_after_s} s",
-                    self.retry_after_s,
-                ) from None
+            self._check_accepting()
+            if self._queue.qsize() + self._admitted >= self.max_queue:
+                raise self._queue_full()
+            self._admitted += 1
+        return Admission(self)
+
+    def _release(self) -> None:
+        with self._accept_lock:
+            self._admitted -= 1
+
+    def submit(
+        self, item: InspectionInput, prepared: PreparedBatch, admission: Admission | None = None
+    ) -> Future[InferenceResult]:
+        """Queue one prepared item; raises `QueueFullError` (503) at once when the queue is full.
+
+        With the request's `admission`, its place passes to the queue (released once queued)."""
+        job = _Job(item, prepared, Future(), time.perf_counter())
+        try:
+            with self._accept_lock:
+                self._check_accepting()
+                try:
+                    self._queue.put_nowait(job)
+                except queue.Full:
+                    raise self._queue_full() from None
+        finally:
+            if admission is not None:
+                admission.release()
         QUEUE_DEPTH.set(self._queue.qsize())
         return job.future
 
-    async def infer(self, item: InspectionInput, prepared: PreparedBatch) -> InferenceResult:
+    async def infer(
+        self, item: InspectionInput, prepared: PreparedBatch, admission: Admission | None = None
+    ) -> InferenceResult:
         """`submit` + await, from the event loop."""
-        return await asyncio.wrap_future(self.submit(item, prepared))
+        return await asyncio.wrap_future(self.submit(item, prepared, admission))
+
+    def _check_accepting(self) -> None:
+        if self._draining:
+            raise NotReadyError("the gateway is shutting down; retry on another gateway", self.retry_after_s)
+
+    def _queue_full(self) -> QueueFullError:
+        QUEUE_REJECTIONS.inc()
+        return QueueFullError(
+            f"the inference queue is full ({self.max_queue} inspections waiting); "
+            f"retry after {self.retry_after_s} s",
+            self.retry_after_s,
+        )
 
     def _run(self) -> None:
         while True:
@@ -367,6 +419,8 @@ class ModelRuntime:
             stop = False
             deadline = time.perf_counter() + self.max_batch_wait_s
             while len(jobs) < self.max_batch_size:
+                if self._admitted == 0 and self._queue.empty():
+                    break  # no other request is on its way: waiting would only add latency
                 remaining = deadline - time.perf_counter()
                 try:
                     job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()

@@ -5,11 +5,16 @@ enrolment archives are hundreds of megabytes, so this parser writes each file pa
 request's own folder (same file system as the sample store, so storing is a rename), counts bytes
 and parts as they arrive, and keeps only small text fields in memory. Disk writes run in a worker
 thread, batched per megabyte, so the event loop keeps serving inspections meanwhile.
+
+Inspection forms (one part's images, a few megabytes) use the same parser with the files kept in
+memory up to `INSPECTION_SPOOL_BYTES` each (`read_inspection_form`).
 """
 
 from __future__ import annotations
 
 import codecs
+import io
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -18,6 +23,7 @@ import anyio
 from fastapi import Request
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.datastructures import FormData, UploadFile
 
 from model.errors import InputError, UnsupportedMediaError
 from service.errors import PayloadTooLargeError
@@ -25,6 +31,7 @@ from service.errors import PayloadTooLargeError
 WRITE_BATCH_BYTES = 1 << 20
 MAX_FIELD_BYTES = 64 * 1024
 MAX_FIELDS = 64
+INSPECTION_SPOOL_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -49,20 +56,21 @@ class ReceivedForm:
         return [received for received in self.files if received.field == name]
 
 
-class _DiskForm:
-    """python-multipart callbacks that write file parts to numbered files in `directory`."""
+class _FormCallbacks:
+    """python-multipart callbacks: part headers, small text fields in memory, file parts to `_open_file`
+    / `_write_file` / `_close_file` of a subclass."""
 
-    def __init__(self, directory: Path, max_files: int, charset: str) -> None:
-        self.directory = directory
+    def __init__(self, max_files: int, charset: str, max_fields: int = MAX_FIELDS) -> None:
         self.max_files = max_files
+        self.max_fields = max_fields
         self.charset = charset
-        self.form = ReceivedForm()
+        self.fields: dict[str, list[str]] = {}
+        self.file_count = 0
         self._header_name = b""
         self._header_value = b""
         self._disposition = b""
         self._field_name = ""
-        self._file: ReceivedFile | None = None
-        self._handle: IO[bytes] | None = None
+        self._in_file = False
         self._data = bytearray()
 
     def callbacks(self) -> dict:
@@ -78,7 +86,7 @@ class _DiskForm:
 
     def on_part_begin(self) -> None:
         self._disposition = b""
-        self._file = None
+        self._in_file = False
         self._data = bytearray()
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
@@ -99,20 +107,17 @@ class _DiskForm:
             raise InputError("a multipart part has no field name (Content-Disposition: form-data; name=...)")
         self._field_name = options[b"name"].decode(self.charset, errors="replace")
         if b"filename" in options:
-            if len(self.form.files) >= self.max_files:
+            if self.file_count >= self.max_files:
                 raise PayloadTooLargeError(f"more than {self.max_files} files in one upload")
-            filename = options[b"filename"].decode(self.charset, errors="replace")
-            path = self.directory / f"part-{len(self.form.files):06d}"
-            self._file = ReceivedFile(self._field_name, filename, path)
-            self._handle = path.open("wb")
-            self.form.files.append(self._file)
-        elif sum(len(values) for values in self.form.fields.values()) >= MAX_FIELDS:
-            raise InputError(f"more than {MAX_FIELDS} form fields")
+            self.file_count += 1
+            self._in_file = True
+            self._open_file(self._field_name, options[b"filename"].decode(self.charset, errors="replace"))
+        elif sum(len(values) for values in self.fields.values()) >= self.max_fields:
+            raise InputError(f"more than {self.max_fields} form fields")
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._file is not None and self._handle is not None:
-            self._handle.write(data[start:end])
-            self._file.size += end - start
+        if self._in_file:
+            self._write_file(data[start:end])
             return
         self._data += data[start:end]
         if len(self._data) > MAX_FIELD_BYTES:
@@ -121,13 +126,52 @@ class _DiskForm:
             )
 
     def on_part_end(self) -> None:
+        if self._in_file:
+            self._close_file()
+            self._in_file = False
+        else:
+            text = self._data.decode(self.charset, errors="replace")
+            self.fields.setdefault(self._field_name, []).append(text)
+
+    def _open_file(self, field_name: str, filename: str) -> None:
+        raise NotImplementedError
+
+    def _write_file(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _close_file(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what a body that ended half-way left open."""
+
+
+class _DiskForm(_FormCallbacks):
+    """File parts to numbered files in `directory`."""
+
+    def __init__(self, directory: Path, max_files: int, charset: str) -> None:
+        super().__init__(max_files, charset)
+        self.directory = directory
+        self.form = ReceivedForm(fields=self.fields)
+        self._file: ReceivedFile | None = None
+        self._handle: IO[bytes] | None = None
+
+    def _open_file(self, field_name: str, filename: str) -> None:
+        path = self.directory / f"part-{len(self.form.files):06d}"
+        self._file = ReceivedFile(field_name, filename, path)
+        self._handle = path.open("wb")
+        self.form.files.append(self._file)
+
+    def _write_file(self, data: bytes) -> None:
+        if self._file is not None and self._handle is not None:
+            self._handle.write(data)
+            self._file.size += len(data)
+
+    def _close_file(self) -> None:
         if self._handle is not None and self._file is not None:
             self._handle.close()
             self._handle = None
             self._file.complete = True
-        elif self._file is None:
-            text = self._data.decode(self.charset, errors="replace")
-            self.form.fields.setdefault(self._field_name, []).append(text)
 
     def close(self) -> None:
         if self._handle is not None:
@@ -135,11 +179,63 @@ class _DiskForm:
             self._handle = None
 
 
-async def receive_multipart(request: Request, directory: Path, max_files: int) -> ReceivedForm:
-    """Stream a multipart/form-data body into `directory` (created here; the caller removes it)."""
+class _MemoryForm(_FormCallbacks):
+    """File parts as lists of chunks, joined once at the end; a file over `spool_bytes` moves to an
+    anonymous temporary file. (A growing BytesIO, Starlette's spool, re-copied its buffer on most
+    writes: 3.8 ms of CPU per 2.2 MB part, 10 ms per 8.8 MB, against 0.1 and 0.5 ms joined.)"""
+
+    def __init__(self, max_files: int, max_fields: int, charset: str, spool_bytes: int) -> None:
+        super().__init__(max_files, charset, max_fields)
+        self.spool_bytes = spool_bytes
+        self.files: list[tuple[str, UploadFile]] = []
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._spool: IO[bytes] | None = None
+        self._current: tuple[str, str] = ("", "")
+
+    def _open_file(self, field_name: str, filename: str) -> None:
+        self._chunks, self._size, self._spool = [], 0, None
+        self._current = (field_name, filename)
+
+    def _write_file(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._spool is not None:
+            self._spool.write(data)
+            return
+        self._chunks.append(data)
+        if self._size > self.spool_bytes:
+            self._spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed with the form
+            self._spool.writelines(self._chunks)
+            self._chunks = []
+
+    def _close_file(self) -> None:
+        content: IO[bytes]
+        if self._spool is not None:
+            content, self._spool = self._spool, None
+            content.seek(0)
+        else:
+            content = io.BytesIO(b"".join(self._chunks))
+        self._chunks = []
+        field_name, filename = self._current
+        self.files.append((field_name, UploadFile(content, size=self._size, filename=filename)))
+
+    def form(self) -> FormData:
+        texts = [(name, value) for name, values in self.fields.items() for value in values]
+        return FormData([*texts, *self.files])
+
+    def close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+        for _, upload in self.files:
+            upload.file.close()
+
+
+def _boundary_and_charset(request: Request, not_multipart: str) -> tuple[bytes, str]:
+    """The boundary and charset of a multipart/form-data request (415 / 400 when it has none)."""
     content_type, params = parse_options_header(request.headers.get("content-type"))
     if content_type != b"multipart/form-data":
-        raise UnsupportedMediaError("send the samples as multipart/form-data")
+        raise UnsupportedMediaError(not_multipart)
     boundary = params.get(b"boundary")
     if not boundary:
         raise InputError("the multipart/form-data body has no boundary")
@@ -148,8 +244,11 @@ async def receive_multipart(request: Request, directory: Path, max_files: int) -
         charset = codecs.lookup(charset).name
     except LookupError:
         charset = "latin-1"
-    await anyio.to_thread.run_sync(lambda: directory.mkdir(parents=True, exist_ok=True))
-    form = _DiskForm(directory, max_files, charset)
+    return boundary, charset
+
+
+async def _feed(request: Request, boundary: bytes, form: _FormCallbacks) -> None:
+    """Stream the body through the parser in a worker thread, a megabyte at a time."""
     parser = MultipartParser(boundary, form.callbacks())
     pending: list[bytes] = []
     pending_bytes = 0
@@ -171,8 +270,35 @@ async def receive_multipart(request: Request, directory: Path, max_files: int) -
         parser.finalize()
     except FormParserError as error:
         raise InputError(f"malformed multipart/form-data body ({error})") from error
+    if form._in_file:
+        raise InputError("the upload ended before its multipart body was complete")
+
+
+async def receive_multipart(request: Request, directory: Path, max_files: int) -> ReceivedForm:
+    """Stream a multipart/form-data body into `directory` (created here; the caller removes it)."""
+    boundary, charset = _boundary_and_charset(request, "send the samples as multipart/form-data")
+    await anyio.to_thread.run_sync(lambda: directory.mkdir(parents=True, exist_ok=True))
+    form = _DiskForm(directory, max_files, charset)
+    try:
+        await _feed(request, boundary, form)
     finally:
         form.close()
     if any(not received.complete for received in form.form.files):
         raise InputError("the upload ended before its multipart body was complete")
     return form.form
+
+
+async def read_inspection_form(request: Request, max_files: int, max_fields: int) -> FormData:
+    """One part's images and options: files of up to `INSPECTION_SPOOL_BYTES` stay in memory (an
+    800 x 800 float32 xyz TIFF is 7.7 MB), larger ones go to an anonymous temporary file. The caller
+    closes the form."""
+    boundary, charset = _boundary_and_charset(
+        request, "POST /inspect takes multipart/form-data (fields rgb, depth, object, ...)"
+    )
+    form = _MemoryForm(max_files, max_fields, charset, INSPECTION_SPOOL_BYTES)
+    try:
+        await _feed(request, boundary, form)
+    except BaseException:
+        form.close()
+        raise
+    return form.form()

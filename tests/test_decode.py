@@ -357,3 +357,17 @@ def test_check_same_size():
     check_same_size(np.zeros((4, 5, 3)), None, "pair")
     with pytest.raises(InputError, match="pair.*5x4.*6x4"):
         check_same_size(np.zeros((4, 5, 3)), np.zeros((4, 6)), "pair")
+
+
+def test_xyz_decoding_marks_exactly_the_points_the_point_cloud_rule_calls_missing():
+    rng = np.random.default_rng(11)
+    xyz = rng.uniform(-0.2, 0.8, (40, 50, 3)).astype(np.float32)
+    xyz[rng.random((40, 50)) < 0.1] = 0.0  # MVTec 3D-AD's missing points
+    for channel, value in ((0, np.nan), (1, np.inf), (2, -np.inf), (2, np.nan), (2, 0.0)):
+        rows, columns = rng.integers(0, 40, 30), rng.integers(0, 50, 30)
+        xyz[rows, columns, channel] = value
+    # The rule: a point is missing when it is (0, 0, 0), has a non-finite coordinate, or z <= 0.
+    missing = np.all(xyz == 0, axis=-1) | ~np.all(np.isfinite(xyz), axis=-1) | ~(xyz[..., 2] > 0)
+    z = decode_depth(tiff_bytes(xyz))
+    np.testing.assert_array_equal(np.isnan(z), missing)
+    np.testing.assert_array_equal(z[~missing], xyz[..., 2][~missing])

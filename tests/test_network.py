@@ -239,3 +239,44 @@ def test_a_modality_a_part_does_not_have_is_left_out_of_the_maximum():
         errors, torch.zeros_like(weights), mean, spread, 32, 0.0, 1, torch.zeros(1, 2), torch.ones(1, 2)
     )
     assert torch.all(maps == 0)
+
+
+def _upsample_then_blur(token_maps: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """The map's definition, step by step: bilinear upsampling, then a separable reflect-padded Gaussian."""
+    import torch.nn.functional as F
+
+    from model.network.anomaly_map import gaussian_kernel
+
+    maps = F.interpolate(token_maps[:, None], size=(size, size), mode="bilinear", align_corners=False)
+    if sigma > 0:
+        kernel = gaussian_kernel(sigma)
+        radius = kernel.numel() // 2
+        maps = F.conv2d(F.pad(maps, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+        maps = F.conv2d(F.pad(maps, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    return maps[:, 0]
+
+
+@pytest.mark.parametrize(
+    ("grid", "size", "sigma"), [(14, 224, 4.0), (16, 256, 4.0), (7, 112, 2.0), (5, 64, 0.0)]
+)
+def test_the_map_matrices_give_the_upsampled_and_blurred_map(grid, size, sigma):
+    from model.network.anomaly_map import to_image_resolution
+
+    token_maps = 5 * torch.rand(3, grid, grid, generator=torch.Generator().manual_seed(grid))
+    expected = _upsample_then_blur(token_maps, size, sigma * size / 224)
+    torch.testing.assert_close(to_image_resolution(token_maps, size, sigma), expected, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("pool", [1, 4, 16])
+def test_the_image_score_is_the_largest_sliding_window_mean(pool):
+    import torch.nn.functional as F
+
+    from model.network.anomaly_map import image_scores
+
+    maps = 10 * torch.rand(4, 224, 224, generator=torch.Generator().manual_seed(pool)) - 3
+    expected = (
+        F.avg_pool2d(maps[:, None], pool, stride=1).flatten(1).amax(dim=1)
+        if pool > 1
+        else maps.flatten(1).amax(1)
+    )
+    torch.testing.assert_close(image_scores(maps, pool), expected, rtol=0, atol=1e-5)

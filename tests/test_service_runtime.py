@@ -196,3 +196,33 @@ def test_a_full_queue_answers_503_with_retry_after_and_recovers(data_dir):
         assert refused.headers["Retry-After"] == "1"
         assert refused.json()["error"]["code"] == "queue_full"
         assert client.post("/inspect", files=files_for(rgb)).status_code == 200
+
+
+def test_a_lone_request_runs_at_once_instead_of_waiting_for_batch_mates(data_dir):
+    app = create_app(service_settings(data_dir, max_batch_size=8, max_batch_wait_ms=3000.0))
+    with TestClient(app) as client:
+        wait_ready(client)
+        rgb, depth = part("alpha", 7)
+        response = client.post("/inspect", files=files_for(rgb, depth))
+        assert response.status_code == 200, response.text
+        assert response.json()["timings_ms"]["queue"] < 1500  # nobody else was on the way
+
+
+def test_a_full_gateway_refuses_an_upload_before_reading_it(data_dir):
+    app = create_app(service_settings(data_dir, max_queue=2))
+    with TestClient(app) as client:
+        wait_ready(client)
+        runtime = client.app.state.iumad.runtime
+        held = [runtime.admit(), runtime.admit()]  # two requests still being read or decoded
+        garbage = {"Content-Type": "multipart/form-data; boundary=x"}
+        refused = client.post("/inspect", content=b"not a multipart body", headers=garbage)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "queue_full"
+        assert refused.headers["Retry-After"] == "1"
+        held[0].release()
+        held[0].release()  # releasing twice gives back one place, not two
+        unreadable = client.post("/inspect", content=b"not a multipart body", headers=garbage)
+        assert unreadable.status_code == 400  # admitted, then read
+        assert client.post("/inspect", content=b"not a multipart body", headers=garbage).status_code == 400
+        held[1].release()
+        rgb, _ = part("beta", 5)
+        assert client.post("/inspect", files=files_for(rgb)).status_code == 200

@@ -37,10 +37,11 @@ from service.errors import NothingEnrolledError, NotReadyError
 from service.masks import encode_anomaly_map, encode_mask_png, encode_mask_rle
 from service.metrics import INSPECT_ERRORS, INSPECT_LATENCY, INSPECTIONS, STAGE_LATENCY
 from service.request_context import current_request_id, new_request_id
-from service.runtime import InferenceResult, ModelRuntime, RuntimeState
+from service.runtime import Admission, InferenceResult, ModelRuntime, RuntimeState
 from service.schemas import OBJECT_NAME_PATTERN, AnomalyMap, InspectResponse, MaskFormat, RleMask, Timings
 from service.scoring import decision_score, score_spread, threshold_in_force
 from service.state import AppState, get_state
+from service.uploads import read_inspection_form
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["inspect"])
@@ -285,7 +286,15 @@ async def _inspect(request: Request, state: AppState, started: float) -> Inspect
             f"POST /inspect takes multipart/form-data (fields rgb, depth, object, ...), "
             f"not {content_type or 'a body without Content-Type'}"
         )
-    form = await request.form(max_files=4, max_fields=16)
+    with runtime.admit() as admission:  # a full gateway refuses the upload before reading it
+        return await _admitted_inspect(request, state, model, admission, started)
+
+
+async def _admitted_inspect(
+    request: Request, state: AppState, model: InspectionModel, admission: Admission, started: float
+) -> InspectResponse:
+    runtime = state.runtime
+    form = await read_inspection_form(request, max_files=4, max_fields=16)
     try:
         rgb_file, depth_file, options = _parse_options(form)
         if options.object is not None:
@@ -304,7 +313,7 @@ async def _inspect(request: Request, state: AppState, started: float) -> Inspect
             settings.keep_rejected_images,
         )
         decoded_at = time.perf_counter()
-        result = await runtime.infer(decoded.item, decoded.prepared)
+        result = await runtime.infer(decoded.item, decoded.prepared, admission)
         timings = {
             "decode": decoded_at - started,
             "read": decoded_at - started - decoded.prepare_s,
