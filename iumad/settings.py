@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.errors import InputError
@@ -22,6 +22,11 @@ class Settings(BaseSettings):
         description="Samples, model versions, logs, embedded Redis; relative = to the working directory.",
     )
     redis_url: str | None = Field(None, description="Redis URL; unset = start an embedded Redis.")
+    redis_password: SecretStr | None = Field(
+        None,
+        description="Password of the Redis at redis_url (requirepass, or the ACL user's in the URL); "
+        "kept out of the URL so that it never shows in logs or process lists.",
+    )
     queue_name: str = "iumad-training"
 
     backbone: str = "tf_efficientnet_lite0"
@@ -53,6 +58,16 @@ class Settings(BaseSettings):
 
     inspect_api_keys: list[str] = Field(default_factory=list)
     operator_api_keys: list[str] = Field(default_factory=list)
+    allow_no_auth: bool = Field(
+        False,
+        description="Serve on a non-loopback address with no API keys (anyone on the network may enrol, "
+        "activate and change thresholds). Without it, `iumad serve` refuses to start that way.",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins besides the gateway's own (e.g. https://line-ui.example) that may "
+        "send state-changing requests; cross-site ones are refused with 403.",
+    )
 
     job_timeout_s: int = 3 * 3600
     enroll_max_minutes: float = 5.0
@@ -114,6 +129,10 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def redis_password_value(self) -> str | None:
+        return self.redis_password.get_secret_value() if self.redis_password is not None else None
+
+    @property
     def auth_enabled(self) -> bool:
         return bool(self.inspect_api_keys or self.operator_api_keys)
 
@@ -124,6 +143,14 @@ class Settings(BaseSettings):
     @property
     def samples_dir(self) -> Path:
         return self.data_dir / "samples"
+
+
+def redacted_url(url: str) -> str:
+    """A Redis URL fit for a log line: never its password."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
 
 
 @lru_cache(maxsize=1)

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from iumad import __version__
 from iumad.settings import Settings, get_settings
 from model.errors import CheckpointError
+from service.cross_site import CrossSiteGuard
 from service.decision_log import DecisionLog
 from service.errors import ServiceUnavailableError, install_error_handlers
 from service.follower import VersionFollower
@@ -119,7 +120,7 @@ def stop_state(state: AppState) -> None:
 def create_app(settings: Settings | None = None, redis: Any | None = None) -> FastAPI:
     settings = settings or get_settings()
     if redis is None and settings.redis_url:
-        redis = connect_redis(settings.redis_url)
+        redis = connect_redis(settings.redis_url, settings.redis_password_value)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -142,5 +143,6 @@ def create_app(settings: Settings | None = None, redis: Any | None = None) -> Fa
     app.include_router(dashboard.router)
     # Starlette runs the last added middleware first: request id outermost, so even a 413 carries it.
     app.add_middleware(UploadLimitMiddleware, limits=_upload_limits(settings))
+    app.add_middleware(CrossSiteGuard, allowed_origins=settings.allowed_origins)
     app.add_middleware(RequestIdMiddleware)
     return app

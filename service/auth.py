@@ -1,6 +1,7 @@
 """API keys in `X-API-Key`, two roles: `inspect` (cameras) and `operator` (who may also inspect).
 
-With no keys configured at all, auth is off (the app logs a loud warning at start-up). Keys are
+With no keys configured at all, auth is off (the app logs a loud warning at start-up); `iumad serve`
+then refuses a non-loopback address unless `IUMAD_ALLOW_NO_AUTH=true` (`exposure_problem`). Keys are
 compared in constant time, against every configured key, so timing tells nothing about which one
 nearly matched. The dependencies are `async def` although they never await: FastAPI would run a plain
 `def` dependency in its thread pool, two thread hops per request for a few microseconds of work.
@@ -9,6 +10,7 @@ nearly matched. The dependencies are `async def` although they never await: Fast
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from typing import Annotated, Literal
 
 from fastapi import Depends, Security
@@ -25,6 +27,27 @@ api_key_header = APIKeyHeader(
     auto_error=False,
     description="An `inspect` or `operator` key (unused when auth is off).",
 )
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach a gateway bound here."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def exposure_problem(settings: Settings) -> str | None:
+    """Why the gateway must not start as configured: reachable from the network with auth off."""
+    if settings.auth_enabled or settings.allow_no_auth or is_loopback(settings.host):
+        return None
+    return (
+        f"refusing to serve on {settings.host} with auth off: anyone on the network could enrol objects, "
+        "activate model versions and change thresholds. Set IUMAD_OPERATOR_API_KEYS (and "
+        "IUMAD_INSPECT_API_KEYS for cameras), serve on 127.0.0.1, or set IUMAD_ALLOW_NO_AUTH=true"
+    )
 
 
 def _matches_any(candidate: str, keys: list[str]) -> bool:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +27,7 @@ from pathlib import Path
 from redis import Redis
 from redis.exceptions import RedisError
 
+from iumad.settings import redacted_url
 from model.errors import IumadError
 
 log = logging.getLogger(__name__)
@@ -82,19 +85,27 @@ class RedisServerProcess:
     ) -> None:
         self.directory = Path(directory).expanduser().resolve()  # redis-server changes into --dir
         self.directory.mkdir(parents=True, exist_ok=True)
-        socket_path = self.directory / "redis.sock"
-        self.socket_path = (
-            socket_path if use_unix_socket and len(str(socket_path)) < UNIX_SOCKET_MAX else None
-        )
-        self.port = 0 if self.socket_path is not None else (port or free_port())
+        self.socket_path: Path | None = None
+        self._socket_dir: Path | None = None  # a private short folder for a socket path too long here
+        self.password: str | None = None
+        if use_unix_socket:
+            self.socket_path = self.directory / "redis.sock"
+            if len(str(self.socket_path)) >= UNIX_SOCKET_MAX:
+                self._socket_dir = Path(tempfile.mkdtemp(prefix="iumad-redis-"))  # mode 0700
+                self.socket_path = self._socket_dir / "redis.sock"
+            self.port = 0
+        else:  # TCP on loopback: any local user could connect, so it takes a password of its own
+            self.port = port or free_port()
+            self.password = secrets.token_urlsafe(24)
         self.appendonly = appendonly
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
+        """How to reach it; the TCP form carries its password (never log it: `redacted_url`)."""
         if self.socket_path is not None:
             return f"unix://{self.socket_path}"
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     @property
     def pid_file(self) -> Path:
@@ -124,12 +135,23 @@ class RedisServerProcess:
         while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
 
+    @property
+    def auth_config_file(self) -> Path:
+        """The password goes in a file only this user can read, never on a command line (`ps`)."""
+        return self.directory / "redis-auth.conf"
+
     def start(self, timeout_s: float = 10.0) -> None:
         self.stop_leftover()
-        if self.socket_path is not None and self.socket_path.exists():
-            self.socket_path.unlink()
-        command = [
-            find_redis_server(),
+        if self.socket_path is not None:
+            self.socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.socket_path.unlink(missing_ok=True)
+        command = [find_redis_server()]
+        if self.password is not None:
+            descriptor = os.open(self.auth_config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as config:
+                config.write(f"requirepass {self.password}\n")
+            command.append(str(self.auth_config_file))
+        command += [
             "--pidfile",
             str(self.pid_file),
             "--port",
@@ -171,7 +193,7 @@ class RedisServerProcess:
         state = (
             f"redis-server exited with status {returncode}"
             if returncode is not None
-            else f"redis-server (pid {self.process.pid}) did not answer at {self.url} ({error})"
+            else f"redis-server (pid {self.process.pid}) did not answer at {redacted_url(self.url)} ({error})"
         )
         said = [
             f"{path.name}: {text}"
@@ -187,14 +209,15 @@ class RedisServerProcess:
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM: Redis flushes its append-only file and exits."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     def kill(self) -> None:
         process, self.process = self.process, None
@@ -227,9 +250,7 @@ class WorkerProcess:
             sys.executable,
             "-m",
             "iumad.cli",
-            "worker",
-            "--redis-url",
-            self.redis_url,
+            "worker",  # the URL goes in the environment: a command line is visible to every local user
             "--parent-pid",
             str(os.getpid()),
         ]
@@ -289,7 +310,7 @@ class EmbeddedServices:
     def start(self) -> str:
         """Start both; returns the Redis URL for the gateway."""
         self.redis.start()
-        log.info("embedded Redis at %s (files in %s)", self.redis.url, self.redis.directory)
+        log.info("embedded Redis at %s (files in %s)", redacted_url(self.redis.url), self.redis.directory)
         if self.worker is not None:
             assert self.worker.log_path is not None
             self.worker.log_path.parent.mkdir(parents=True, exist_ok=True)

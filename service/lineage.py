@@ -22,9 +22,12 @@ from workers.registry import ModelRegistry
 REDIS_RETRY_AFTER_S = 5
 
 
-def connect_redis(url: str) -> Redis:
-    """Short timeouts: a gateway must notice a dead Redis in about a second, not hang a request on it."""
-    return Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=3.0, health_check_interval=10)
+def connect_redis(url: str, password: str | None = None) -> Redis:
+    """Short timeouts: a gateway must notice a dead Redis in about a second, not hang a request on it.
+    A password in the URL wins over `password` (redis-py's rule)."""
+    return Redis.from_url(
+        url, password=password, socket_connect_timeout=1.0, socket_timeout=3.0, health_check_interval=10
+    )
 
 
 def make_registry(redis: Redis, settings: Settings) -> ModelRegistry:

@@ -371,3 +371,16 @@ def test_xyz_decoding_marks_exactly_the_points_the_point_cloud_rule_calls_missin
     z = decode_depth(tiff_bytes(xyz))
     np.testing.assert_array_equal(np.isnan(z), missing)
     np.testing.assert_array_equal(z[~missing], xyz[..., 2][~missing])
+
+
+def test_a_multi_page_tiff_is_refused_after_reading_two_page_headers(monkeypatch):
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer) as writer:
+        for _ in range(500):
+            writer.write(np.ones((4, 4), np.float32), contiguous=False)
+    walked = []
+    original = tifffile.TiffPages.__len__
+    monkeypatch.setattr(tifffile.TiffPages, "__len__", lambda pages: walked.append(1) or original(pages))
+    with pytest.raises(InputError, match="more than one page"):
+        decode_depth(buffer.getvalue(), name="stack.tiff")
+    assert not walked  # the page count of a 30,000-page file took minutes to find

@@ -115,7 +115,9 @@ def test_job_records_reconcile_a_silent_worker(redis: Redis) -> None:
     assert store.get("job-1").status == "queued"  # no rq job yet, but within the enqueue grace period
     from rq import Queue
 
-    Queue("test", connection=redis).enqueue("builtins.print", job_id="job-1")
+    from workers.job_store import JOB_SERIALIZER
+
+    Queue("test", connection=redis, serializer=JOB_SERIALIZER).enqueue("builtins.print", job_id="job-1")
     store.update("job-1", status="running", stage="training", heartbeat_at=0.0)
     record = store.get("job-1")
     assert record.status == "failed" and "stopped responding during 'training'" in record.message

@@ -68,3 +68,85 @@ def test_without_keys_auth_is_off(tmp_path):
     with TestClient(create_app(settings)) as client:
         assert client.get("/readyz").json()["auth_enabled"] is False
         assert client.get("/objects").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def open_client(tmp_path_factory):
+    """Auth off, as on a developer's loopback gateway."""
+    data_dir = tmp_path_factory.mktemp("open")
+    build_version(data_dir / "models")
+    settings = service_settings(data_dir, allowed_origins=["https://line-ui.example"])
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        yield client
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site", "Origin": "http://testserver"},
+    ],
+)
+def test_a_browser_on_another_site_cannot_change_state(open_client, extra):
+    threshold = open_client.patch("/objects/beta", json={"threshold": 1.0}, headers=extra)
+    assert threshold.status_code == 403 and threshold.json()["error"]["code"] == "cross_site_request"
+    form = open_client.post("/models/v-nonexistent/activate", data={"x": "1"}, headers=extra)
+    assert form.status_code == 403  # refused before the route could even look for the version
+    assert open_client.get("/objects/beta", headers=extra).status_code == 200  # reading is fine
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},  # a camera or a script
+        {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"},  # the dashboard
+        {"Origin": "https://line-ui.example"},  # IUMAD_ALLOWED_ORIGINS
+        {"Sec-Fetch-Site": "none"},  # typed into the address bar
+    ],
+)
+def test_cameras_the_dashboard_and_allowed_origins_may_change_state(open_client, extra):
+    response = open_client.patch("/objects/beta", json={"threshold": None}, headers=extra)
+    assert response.status_code == 200, response.text
+
+
+def test_serve_refuses_a_network_address_with_auth_off(tmp_path, monkeypatch):
+    from iumad.cli import main
+
+    monkeypatch.setenv("IUMAD_DATA_DIR", str(tmp_path))
+    for name in ("IUMAD_INSPECT_API_KEYS", "IUMAD_OPERATOR_API_KEYS", "IUMAD_ALLOW_NO_AUTH"):
+        monkeypatch.delenv(name, raising=False)
+    from iumad.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        assert main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 2
+        assert not (tmp_path / "redis").exists()  # stopped before starting anything
+    finally:
+        get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("host", "keys", "allow", "refused"),
+    [
+        ("0.0.0.0", False, False, True),
+        ("192.168.1.20", False, False, True),
+        ("line-pc.local", False, False, True),
+        ("::", False, False, True),
+        ("0.0.0.0", True, False, False),
+        ("0.0.0.0", False, True, False),
+        ("127.0.0.1", False, False, False),
+        ("::1", False, False, False),
+        ("localhost", False, False, False),
+    ],
+)
+def test_which_addresses_need_keys(tmp_path, host, keys, allow, refused):
+    from iumad.settings import Settings
+    from service.auth import exposure_problem
+
+    settings = Settings(
+        data_dir=tmp_path, host=host, operator_api_keys=[OPERATOR] if keys else [], allow_no_auth=allow
+    )
+    assert (exposure_problem(settings) is not None) == refused

@@ -16,6 +16,11 @@ from typing import Any
 from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+# rq pickles job data by default, so whoever could write Redis would run code in every gateway that
+# fetches a job and every worker that runs one. Jobs carry only JSON (a spec dict in, a result dict out).
+JOB_SERIALIZER = JSONSerializer
 
 STATES = ("queued", "running", "succeeded", "failed", "canceled", "needs_review")
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "needs_review"})
@@ -256,7 +261,7 @@ class JobStore:
         """(final status, message) when rq or a silent heartbeat says an open job is over, else None."""
         now = time.time()
         try:
-            rq_job = Job.fetch(record.id, connection=self.redis)
+            rq_job = Job.fetch(record.id, connection=self.redis, serializer=JOB_SERIALIZER)
             rq_status = rq_job.get_status(refresh=False)
         except NoSuchJobError:
             if now - record.created_at < ENQUEUE_GRACE_S:

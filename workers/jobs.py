@@ -31,7 +31,7 @@ from redis.exceptions import RedisError as RedisClientError
 
 from iumad.settings import Settings, get_settings
 from model.errors import ConflictError, InputError, IumadError
-from workers.job_store import JobRecord, JobStore
+from workers.job_store import JOB_SERIALIZER, JobRecord, JobStore
 from workers.lineage_lock import LineageLock
 from workers.registry import ModelRegistry, StaleActivationError
 from workers.storage import StoredEnrolment, discard_enrolment, load_enrolment, sample_source
@@ -59,7 +59,7 @@ def enqueue_enrolment(redis: Redis, settings: Settings, job_id: str, spec: dict[
     """Put an enrolment on the queue with an explicit timeout (rq's default is three minutes)."""
     from rq import Queue
 
-    queue = Queue(settings.queue_name, connection=redis)
+    queue = Queue(settings.queue_name, connection=redis, serializer=JOB_SERIALIZER)
     queue.enqueue(
         "workers.jobs.enroll_object",
         spec,

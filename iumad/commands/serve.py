@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from iumad.settings import Settings, get_settings
+from model.errors import IumadError
 
 log = logging.getLogger("iumad.serve")
 
@@ -81,10 +82,13 @@ class GatewayServer(uvicorn.Server):
 
 def run(args: argparse.Namespace) -> int:
     from service.app import create_app  # imports torch: only when serving
+    from service.auth import exposure_problem
     from service.logs import configure_json_logging
 
     overrides = {key: value for key, value in (("host", args.host), ("port", args.port)) if value is not None}
     settings = get_settings().model_copy(update=overrides)
+    if (problem := exposure_problem(settings)) is not None:
+        raise IumadError(problem)
     configure_json_logging(getattr(args, "log_level", "INFO"))
     services = prepare_services(settings)
     try:

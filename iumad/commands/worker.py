@@ -19,7 +19,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Worker
 
-from iumad.settings import get_settings
+from iumad.settings import get_settings, redacted_url
+from workers.job_store import JOB_SERIALIZER
 
 log = logging.getLogger("iumad.worker")
 
@@ -58,9 +59,9 @@ def run(args: argparse.Namespace) -> int:
     torch = sys.modules.get("torch")  # imported by other subcommands; harmless unless CUDA started
     if torch is not None and torch.cuda.is_initialized():
         raise IumadError("CUDA was initialised in the worker's parent process; forked jobs could not use it")
-    connection = Redis.from_url(url)
+    connection = Redis.from_url(url, password=settings.redis_password_value)
     _wait_for_redis(connection, url)
-    queue = Queue(args.queue or settings.queue_name, connection=connection)
+    queue = Queue(args.queue or settings.queue_name, connection=connection, serializer=JOB_SERIALIZER)
     if not connection.exists(lineage_lock_key(settings)):  # no job is writing a version now
         for path in remove_stale_staging(settings.models_dir):
             log.info("removed the partial version %s left by a killed job", path)
@@ -70,12 +71,12 @@ def run(args: argparse.Namespace) -> int:
         ).start()
     level = logging.getLevelName(logging.getLogger().level)
     while True:
-        worker = EnrolmentWorker([queue], connection=connection, name=args.name)
+        worker = EnrolmentWorker([queue], connection=connection, name=args.name, serializer=JOB_SERIALIZER)
         log.info(
             "worker %s: queue %r on %s; models in %s",
             worker.name,
             queue.name,
-            _redacted(url),
+            redacted_url(url),
             settings.models_dir,
         )
         worker.work(burst=args.burst, logging_level=level)
@@ -93,7 +94,7 @@ def _wait_for_redis(connection: Redis, url: str) -> None:
             connection.ping()
             return
         except RedisError as error:
-            log.warning("Redis at %s unreachable (%s); retrying in %.1f s", _redacted(url), error, delay)
+            log.warning("Redis at %s unreachable (%s); retrying in %.1f s", redacted_url(url), error, delay)
             time.sleep(delay)
             delay = min(10.0, delay * 2)
 
@@ -106,11 +107,3 @@ class EnrolmentWorker(Worker):
     def request_stop(self, signum: int, frame: Any) -> None:
         self.stop_signalled = True
         super().request_stop(signum, frame)
-
-
-def _redacted(url: str) -> str:
-    """Never log a Redis password."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"

@@ -22,7 +22,7 @@ from model.errors import ConflictError, NotFoundError
 from service.auth import require_inspect, require_operator
 from service.lineage import redis_or_503, require_lineage
 from service.state import AppState, get_state
-from workers.job_store import JobRecord, JobStore
+from workers.job_store import JOB_SERIALIZER, JobRecord, JobStore
 from workers.storage import discard_enrolment
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def cancel_job(
             raise ConflictError(f"job {job_id} already ended ({record.status})")
         jobs.request_cancel(job_id)  # first, so a job starting right now sees it
         try:
-            rq_job = Job.fetch(job_id, connection=jobs.redis)
+            rq_job = Job.fetch(job_id, connection=jobs.redis, serializer=JOB_SERIALIZER)
             queued = rq_job.get_status() in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
         except NoSuchJobError:
             rq_job, queued = None, True
@@ -111,7 +111,7 @@ def _hard_cancel(jobs: JobStore, job_id: str, grace_s: float) -> None:
         if record is None or record.finished:
             return
         with contextlib.suppress(InvalidJobOperation, NoSuchJobError):  # not executing (anymore)
-            send_stop_job_command(jobs.redis, job_id)
+            send_stop_job_command(jobs.redis, job_id, serializer=JOB_SERIALIZER)
         jobs.finish(
             job_id,
             "canceled",
