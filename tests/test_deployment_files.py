@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -355,8 +356,18 @@ INTERPOLATION = re.compile(
 )
 
 
+# The secrets a deployment must provide (`${NAME:?message}`: Compose stops and prints the message when
+# one is unset), with the kind of value an operator exports.
+REQUIRED_SECRETS = {
+    "IUMAD_REDIS_PASSWORD": "a-redis-password",
+    "IUMAD_INSPECT_API_KEYS": '["camera-key"]',
+    "IUMAD_OPERATOR_API_KEYS": '["operator-key"]',
+}
+
+
 def interpolate(value, names: list[str], undefaulted: list[str]):
-    """Compose's interpolation of every string value, with an empty environment: defaults apply.
+    """Compose's interpolation of every string value, with only the required secrets exported:
+    defaults apply.
 
     Collects the variable names used, and those without a default, in `names` and `undefaulted`."""
     if isinstance(value, dict):
@@ -373,6 +384,8 @@ def interpolate(value, names: list[str], undefaulted: list[str]):
         names.append(name)
         if match.group("operator") in (":-", "-"):
             return match.group("value")
+        if match.group("operator") == ":?" and name in REQUIRED_SECRETS and match.group("value").strip():
+            return REQUIRED_SECRETS[name]
         undefaulted.append(name)
         return ""
 
@@ -421,7 +434,7 @@ def test_every_interpolated_variable_has_a_default(compose_text):
     undefaulted: list[str] = []
     interpolate(yaml.safe_load(compose_text), names, undefaulted)
     assert names, "the interpolation check found no ${...} at all"
-    assert not undefaulted, f"no default for {undefaulted}: the file must work without a .env"
+    assert not undefaulted, f"no default for {undefaulted}: only the secrets may be required"
     unknown = {name for name in names if name.startswith("IUMAD_")} - SETTING_NAMES
     assert not unknown, f"passed through but not settings: {sorted(unknown)}"
 
@@ -486,7 +499,7 @@ def test_healthchecks(compose):
     services = compose["services"]
     for name, service in services.items():
         assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
-    assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]  # REDISCLI_AUTH
     assert any("/readyz" in part for part in services["gateway"]["healthcheck"]["test"])
     assert any("IUMAD_REDIS_URL" in part for part in services["worker"]["healthcheck"]["test"])
     for name in ("gateway", "worker"):  # python -c CMD: the code must at least compile
@@ -507,9 +520,15 @@ def test_worker_reserves_a_gpu_and_uses_the_cuda_image(compose):
     assert worker["environment"]["IUMAD_DEVICE"] == "cuda"
 
 
+def redis_server_arguments(redis: dict) -> list[str]:
+    command = redis["command"]
+    assert command[:2] == ["sh", "-c"] and command[2].startswith("exec redis-server ")
+    return shlex.split(command[2])[2:]
+
+
 def test_redis_persists_on_a_named_volume(compose):
     redis = compose["services"]["redis"]
-    command = redis["command"] if isinstance(redis["command"], list) else redis["command"].split()
+    command = redis_server_arguments(redis)
     assert command[command.index("--appendonly") + 1] == "yes"
     assert any(
         isinstance(volume, str)
@@ -531,3 +550,27 @@ def test_gateways_and_workers_share_data_and_redis(compose):
     shared = ("IUMAD_INFERENCE_BACKEND", "IUMAD_REDIS_URL", "IUMAD_DATA_DIR")
     for key in shared:
         assert services["gateway"]["environment"][key] == services["worker"]["environment"][key], key
+
+
+def test_redis_needs_the_password_that_gateways_and_workers_are_given(compose, compose_text):
+    services = compose["services"]
+    redis = services["redis"]
+    arguments = redis_server_arguments(redis)
+    assert arguments[arguments.index("--requirepass") + 1] == "$IUMAD_REDIS_PASSWORD"  # $$ in the file
+    assert redis["environment"]["IUMAD_REDIS_PASSWORD"] == REQUIRED_SECRETS["IUMAD_REDIS_PASSWORD"]
+    assert redis["environment"]["REDISCLI_AUTH"] == REQUIRED_SECRETS["IUMAD_REDIS_PASSWORD"]  # healthcheck
+    for name in ("gateway", "worker"):
+        assert (
+            services[name]["environment"]["IUMAD_REDIS_PASSWORD"] == REQUIRED_SECRETS["IUMAD_REDIS_PASSWORD"]
+        )
+    assert "password=os.environ.get('IUMAD_REDIS_PASSWORD')" in services["worker"]["healthcheck"]["test"][3]
+    assert "--requirepass" not in compose_text.split("command:")[0]  # never a literal password
+
+
+def test_the_gateway_needs_api_keys_on_the_network(compose, compose_text):
+    gateway = compose["services"]["gateway"]["environment"]
+    assert gateway["IUMAD_HOST"] == "0.0.0.0"
+    for name in ("IUMAD_INSPECT_API_KEYS", "IUMAD_OPERATOR_API_KEYS"):
+        assert f"${{{name}:?" in compose_text, f"{name} must be required, not defaulted to []"
+        assert gateway[name] == REQUIRED_SECRETS[name]
+    assert "IUMAD_ALLOW_NO_AUTH" not in gateway  # never switched off here
