@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = 4.0
     max_queue: int = 64
     decode_threads: int = 4
+    max_connections: int = Field(
+        256, gt=0, description="Open connections a gateway serves at once; more get 503 (uvicorn)."
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="A request body that sends nothing for this long is answered 408."
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="How long an idle kept-alive connection stays."
+    )
     drain_timeout_s: float = Field(30.0, description="On shutdown, how long to finish queued inspections.")
     retry_after_s: int = Field(1, description="Retry-After sent with 503 when the queue is full.")
 

@@ -142,7 +142,9 @@ def create_app(settings: Settings | None = None, redis: Any | None = None) -> Fa
     app.include_router(jobs.router)
     app.include_router(dashboard.router)
     # Starlette runs the last added middleware first: request id outermost, so even a 413 carries it.
-    app.add_middleware(UploadLimitMiddleware, limits=_upload_limits(settings))
+    app.add_middleware(
+        UploadLimitMiddleware, limits=_upload_limits(settings), body_timeout_s=settings.body_timeout_s
+    )
     app.add_middleware(CrossSiteGuard, allowed_origins=settings.allowed_origins)
     app.add_middleware(RequestIdMiddleware)
     return app

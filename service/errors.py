@@ -60,6 +60,13 @@ class PayloadTooLargeError(IumadError):
     code = "payload_too_large"
 
 
+class BodyTimeoutError(IumadError):
+    """The client stopped sending its body: the connection is closed rather than held open."""
+
+    http_status = 408
+    code = "request_timeout"
+
+
 class UnauthorizedError(IumadError):
     http_status = 401
     code = "unauthorized"

@@ -1,20 +1,23 @@
-"""Request-body size limits, enforced before anything parses the body (pure ASGI middleware).
+"""Request-body size and pace limits, enforced before anything parses the body (pure ASGI middleware).
 
 Two checks, because a client may lie or not say: a declared `Content-Length` over the limit is answered
 413 at once, without reading a byte of the body; a body without one (chunked) is counted as it streams
 and cut off at the limit. Either way the answer closes the connection (`Connection: close`), so the
-server never has to swallow the rest of an oversized upload.
+server never has to swallow the rest of an oversized upload. A client that sends nothing of its body
+for `body_timeout_s` gets 408 (`BodyTimeoutError`, raised where the app reads the body) instead of
+holding a connection and a decode slot open for ever.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_body
+from service.errors import BodyTimeoutError, error_body
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +27,17 @@ DEFAULT_BODY_LIMIT = 1024 * 1024  # JSON bodies (PATCH /objects/...) need far le
 class UploadLimitMiddleware:
     """`limits` maps a path (exact, or a prefix ending in '/') to its byte limit; others get `default`."""
 
-    def __init__(self, app: ASGIApp, limits: Mapping[str, int], default: int = DEFAULT_BODY_LIMIT) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limits: Mapping[str, int],
+        default: int = DEFAULT_BODY_LIMIT,
+        body_timeout_s: float | None = None,
+    ) -> None:
         self.app = app
         self.limits = dict(limits)
         self.default = default
+        self.body_timeout_s = body_timeout_s
 
     def limit_for(self, path: str) -> int:
         if path in self.limits:
@@ -57,7 +67,13 @@ class UploadLimitMiddleware:
             nonlocal received, exceeded
             if exceeded:
                 return {"type": "http.disconnect"}
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout_s)
+            except TimeoutError:
+                log.info("refused %s: no body bytes for %.0f s", path, self.body_timeout_s)
+                raise BodyTimeoutError(
+                    f"the request body stalled: nothing arrived for {self.body_timeout_s:.0f} s"
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:

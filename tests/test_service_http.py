@@ -16,6 +16,7 @@ import pytest
 from service_support import build_version, files_for, part
 
 LIMIT = 1_000_000  # IUMAD_MAX_INSPECT_BYTES for this server
+BODY_TIMEOUT_S = 2.0  # IUMAD_BODY_TIMEOUT_S
 VERSION = "v20260101T000000-test01"
 
 
@@ -40,6 +41,7 @@ def server(tmp_path_factory):
             "IUMAD_TORCH_THREADS": "1",
             "OMP_NUM_THREADS": "1",
             "IUMAD_EMBEDDED_WORKER": "false",
+            "IUMAD_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -151,6 +153,23 @@ def test_a_chunked_body_is_cut_off_at_the_limit(server):
             sent += len(chunk)
     assert status.startswith("HTTP/1.1 413"), status
     assert sent < 64 * LIMIT
+
+
+def test_a_stalled_body_is_answered_408_while_others_are_served(server):
+    url, _, _ = server
+    connection = raw_request(
+        url,
+        "POST /inspect HTTP/1.1\r\nHost: gateway\r\n"
+        "Content-Type: multipart/form-data; boundary=x\r\n"
+        "Content-Length: 5000\r\n\r\n--x\r\n",
+    )
+    with connection:
+        started = time.monotonic()
+        rgb, _ = part("beta", 52)
+        assert httpx.post(f"{url}/inspect", files=files_for(rgb), timeout=30).status_code == 200
+        status = read_status(connection)  # then sends nothing more
+        assert status.startswith("HTTP/1.1 408"), status
+        assert BODY_TIMEOUT_S <= time.monotonic() - started < BODY_TIMEOUT_S + 10
 
 
 def test_it_keeps_serving_after_refusals_and_exposes_metrics(server):

@@ -101,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+            limit_concurrency=settings.max_connections,
+            timeout_keep_alive=int(max(1, settings.keep_alive_timeout_s)),
         )
         log.info(
             "serving on http://%s:%d (data directory %s)", settings.host, settings.port, settings.data_dir
