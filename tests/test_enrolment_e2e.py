@@ -166,7 +166,10 @@ def test_enrol_two_objects_inspect_and_roll_back(stack: Stack, synthetic: Path) 
     ring, _ = stack.watch(stack.enrol(synthetic, "ring", holdout_fraction="0.25"))
     assert ring["status"] == "succeeded" and ring["parent"] == disc["version"], ring
     assert ring["forgetting_guard"]["passed"] and ring["forgetting_guard"]["objects"][0]["object"] == "disc"
-    wait_until(lambda: stack.serving() == ring["version"], 10, 0.1, "the new version to serve")
+    assert ring["version_active"]
+    job_url = f"{stack.url}/jobs/{ring['job_id']}"
+    wait_until(lambda: httpx.get(job_url).json()["version_serving"], 10, 0.1, "the job to say it serves")
+    assert stack.serving() == ring["version"]
 
     for name in ("disc", "ring"):
         truth, answers = _inspect_normal_and_defective(stack.url, synthetic, name)
@@ -188,6 +191,9 @@ def test_enrol_two_objects_inspect_and_roll_back(stack: Stack, synthetic: Path) 
     rollback = httpx.post(f"{stack.url}/models/{disc['version']}/activate")
     assert rollback.status_code == 200, rollback.text
     wait_until(lambda: stack.serving() == disc["version"], 5, 0.05, "the rollback to serve")
+    superseded = httpx.get(job_url).json()
+    assert superseded["status"] == "succeeded" and not superseded["version_active"]
+    assert not superseded["version_serving"]
     gone = httpx.post(
         stack.url + "/inspect",
         data={"object": "ring"},

@@ -124,3 +124,16 @@ def test_job_records_reconcile_a_silent_worker(redis: Redis) -> None:
     assert not store.update("job-1", status="running"), "a finished record is final"
     assert store.get("job-1").status == "failed"
     assert [job.id for job in store.list()] == ["job-1"]
+
+
+def test_a_hard_cancel_after_its_activation_says_the_model_changed() -> None:
+    from service.routes.jobs import hard_cancel_message
+    from workers.registry import ActiveVersion
+
+    own = ActiveVersion("v7", 7, 0.0, "enrolled ring (job abc123)", previous="v6")
+    other = ActiveVersion("v7", 7, 0.0, "enrolled ring (job zzz999)", previous="v6")
+    said = hard_cancel_message(own, "abc123", 10.0)
+    assert "activated version v7, which is now serving" in said and "POST /models/v6/activate" in said
+    assert "unchanged" not in said
+    assert hard_cancel_message(other, "abc123", 10.0).endswith("the active model is unchanged")
+    assert hard_cancel_message(None, "abc123", 10.0).endswith("the active model is unchanged")

@@ -121,6 +121,18 @@ def _enrol(client: Any, data: Path, name: str, max_minutes: float | None, replac
     if job["status"] != "succeeded":
         raise IumadError(f"enrolment of {name} ended {job['status']}: {job['message']}")
     print(f"{name}: {job['message']}")
+    _wait_until_serving(client, status_url)
+
+
+def _wait_until_serving(client: Any, status_url: str, timeout_s: float = 60.0) -> None:
+    """A succeeded job's version is active; the gateway serves it once loaded (about a second)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.get(status_url).json()
+        if job.get("version_serving") or not job.get("version_active", True):  # superseded meanwhile
+            return
+        time.sleep(0.25)
+    raise IumadError("the gateway did not start serving the new model version within a minute")
 
 
 def _progress_bar(name: str, job: dict[str, Any], elapsed: float, width: int = 30) -> None:

@@ -23,6 +23,7 @@ from service.auth import require_inspect, require_operator
 from service.lineage import redis_or_503, require_lineage
 from service.state import AppState, get_state
 from workers.job_store import JOB_SERIALIZER, JobRecord, JobStore
+from workers.registry import ActiveVersion, ModelRegistry
 from workers.storage import discard_enrolment
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,19 @@ def get_job(
     state: Annotated[AppState, Depends(get_state)],
     _role: Annotated[str, Depends(require_inspect)],
 ) -> dict[str, Any]:
-    _, jobs = require_lineage(state)
+    """`succeeded` means the version is written and activated; gateways load it a moment later.
+    `version_active` says whether it is still the registry's active version, `version_serving`
+    whether this gateway already answers with it (wait for that before inspecting)."""
+    registry, jobs = require_lineage(state)
     with redis_or_503("read the job"):
-        return _get(jobs, job_id).to_dict()
+        record = _get(jobs, job_id)
+        active = registry.active() if record.version else None
+    return record.to_dict() | {
+        "version_active": record.version is not None
+        and active is not None
+        and active.version == record.version,
+        "version_serving": record.version is not None and state.runtime.version == record.version,
+    }
 
 
 @router.post(
@@ -75,7 +86,7 @@ def cancel_job(
     state: Annotated[AppState, Depends(get_state)],
     _role: Annotated[str, Depends(require_operator)],
 ) -> dict[str, Any]:
-    _, jobs = require_lineage(state)
+    registry, jobs = require_lineage(state)
     with redis_or_503("cancel the job"):
         record = _get(jobs, job_id)
         if record.finished:
@@ -97,14 +108,14 @@ def cancel_job(
                 discard_enrolment(state.settings.samples_dir, record.object, job_id)
         if not queued:
             grace = state.settings.cancel_grace_s
-            timer = threading.Timer(grace, _hard_cancel, args=(jobs, job_id, grace))
+            timer = threading.Timer(grace, _hard_cancel, args=(jobs, registry, job_id, grace))
             timer.daemon = True
             timer.start()
             log.info("job %s: cancel requested; killing it in %.0f s if it has not stopped", job_id, grace)
         return _get(jobs, job_id).to_dict()
 
 
-def _hard_cancel(jobs: JobStore, job_id: str, grace_s: float) -> None:
+def _hard_cancel(jobs: JobStore, registry: ModelRegistry, job_id: str, grace_s: float) -> None:
     """Kill the work horse of a job that ignored the cancel flag (stuck in a long, uninterruptible step)."""
     try:
         record = jobs.get(job_id)
@@ -112,12 +123,17 @@ def _hard_cancel(jobs: JobStore, job_id: str, grace_s: float) -> None:
             return
         with contextlib.suppress(InvalidJobOperation, NoSuchJobError):  # not executing (anymore)
             send_stop_job_command(jobs.redis, job_id, serializer=JOB_SERIALIZER)
-        jobs.finish(
-            job_id,
-            "canceled",
-            f"canceled: the job did not stop within {grace_s:.0f} s and was killed; "
-            "the active model is unchanged",
-        )
+        jobs.finish(job_id, "canceled", hard_cancel_message(registry.active(), job_id, grace_s))
         log.warning("job %s: killed after ignoring the cancel request for %.0f s", job_id, grace_s)
     except RedisError as error:
         log.error("job %s: cannot kill the job (%s); it will stop at its next cancel check", job_id, error)
+
+
+def hard_cancel_message(active: ActiveVersion | None, job_id: str, grace_s: float) -> str:
+    """What a kill did: the job may already have activated its version (its activation reason names
+    the job), and then the model did change."""
+    killed = f"canceled: the job did not stop within {grace_s:.0f} s and was killed"
+    if active is not None and active.reason.endswith(f"(job {job_id})"):
+        undo = f"; POST /models/{active.previous}/activate to go back" if active.previous else ""
+        return f"{killed} after it had activated version {active.version}, which is now serving{undo}"
+    return f"{killed}; the active model is unchanged"
