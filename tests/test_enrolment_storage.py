@@ -13,6 +13,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from model.errors import InputError
 from workers.storage import (
     ArchiveTooLargeError,
     IngestLimits,
@@ -301,3 +302,126 @@ def test_a_version_id_is_checked_whole(version) -> None:
     with pytest.raises(InputError, match="not a valid model version id"):
         check_version_name(version)
     assert check_version_name("v20261202T000000-abc.1") == "v20261202T000000-abc.1"
+
+
+def _six_pairs() -> dict[str, bytes]:
+    return {f"good/rgb/{i:03d}.png": _png(_rgb(i)) for i in range(6)} | {
+        f"good/xyz/{i:03d}.tiff": _tiff(_depth(i)) for i in range(6)
+    }
+
+
+def _tar_raw(path: Path, members: list[tuple[tarfile.TarInfo, bytes]], mode: str = "w") -> Path:
+    with tarfile.open(path, mode, format=tarfile.GNU_FORMAT) as bundle:
+        for info, data in members:
+            info.size = len(data)
+            bundle.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _zip_with_raw_name(path: Path, placeholder: str, raw: bytes, flag_bits: int = 0) -> Path:
+    """A zip with one member whose name bytes are `raw` and whose general-purpose flags have
+    `flag_bits` set (both patched in after writing, in the local and the central header)."""
+    with zipfile.ZipFile(path, "w") as bundle:
+        for name, data in _six_pairs().items():
+            bundle.writestr(name, data)
+        bundle.writestr(placeholder, b"notes")
+    assert len(raw) == len(placeholder)
+    data = bytearray(path.read_bytes())
+    name = placeholder.encode()
+    for signature, name_offset, flag_offset in ((b"PK\x03\x04", 30, 6), (b"PK\x01\x02", 46, 8)):
+        position = data.find(name)
+        while data[position - name_offset : position - name_offset + 4] != signature:
+            position = data.find(name, position + 1)
+        header = position - name_offset
+        flags = int.from_bytes(data[header + flag_offset : header + flag_offset + 2], "little")
+        data[header + flag_offset : header + flag_offset + 2] = (flags | flag_bits).to_bytes(2, "little")
+        data[position : position + len(name)] = raw
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_tar_member_name_that_is_not_utf8_is_refused_by_name(dirs, tmp_path: Path) -> None:
+    work, samples = dirs
+    members = [(tarfile.TarInfo(name), data) for name, data in _six_pairs().items()]
+    archive = tmp_path / "names.tar"
+    with tarfile.open(archive, "w", format=tarfile.GNU_FORMAT, encoding="latin-1") as bundle:
+        for info, data in [*members, (tarfile.TarInfo("good/notes-\xff.txt"), b"notes")]:
+            info.size = len(data)
+            bundle.addfile(info, io.BytesIO(data))
+    with pytest.raises(ValidationError, match=r"notes-\\udcff\.txt.*not valid UTF-8"):
+        ingest_archive(archive, work, "names", "e1", samples, 0.25, LIMITS)
+    assert _nothing_stored(samples)
+
+
+@pytest.mark.parametrize(
+    ("raw", "flag_bits", "error", "match"),
+    [
+        (b"good/\xff\xfe.txt", 0x800, ValidationError, "flagged UTF-8"),  # the flag says UTF-8; it is not
+        (b"good/ab.txt", 0x1, UnsafeArchiveError, "encrypted"),
+    ],
+)
+def test_zip_members_with_lying_names_or_encryption_are_refused(dirs, tmp_path, raw, flag_bits, error, match):
+    work, samples = dirs
+    archive = _zip_with_raw_name(tmp_path / "odd.zip", "good/ab.txt", raw, flag_bits)
+    with pytest.raises(error, match=match):
+        ingest_archive(archive, work, "odd", "e1", samples, 0.25, LIMITS)
+    assert _nothing_stored(samples)
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar"])
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ({"good/rgb": b"a file where a folder is"}, "also a f"),
+        ({"good/" + "n" * 256 + ".png": b"x"}, "longer than 255 bytes"),
+    ],
+)
+def test_a_file_and_folder_of_one_name_or_an_overlong_name_is_refused(dirs, tmp_path, kind, extra, match):
+    work, samples = dirs
+    members = extra | _six_pairs()  # the clashing entry first
+    archive = (
+        _zip(tmp_path / "clash.zip", members) if kind == "zip" else _tar(tmp_path / "clash.tar", members)
+    )
+    with pytest.raises(ValidationError, match=match):
+        ingest_archive(archive, work, "clash", "e1", samples, 0.25, LIMITS)
+
+
+@pytest.mark.parametrize("header", ["gnu", "pax"])
+def test_an_oversized_extended_tar_header_is_refused_before_it_is_read(dirs, tmp_path, header) -> None:
+    work, samples = dirs
+    info = tarfile.TarInfo("good/rgb/" + "x" * 100_000 + ".png")
+    archive = tmp_path / "long.tar"
+    tar_format = tarfile.GNU_FORMAT if header == "gnu" else tarfile.PAX_FORMAT
+    with tarfile.open(archive, "w", format=tar_format) as bundle:
+        info.size = 1
+        bundle.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(UnsafeArchiveError, match="extended tar header"):
+        ingest_archive(archive, work, "long", "e1", samples, 0.25, LIMITS)
+
+
+def test_hidden_entries_and_folders_count_towards_the_entry_limit(dirs, tmp_path: Path) -> None:
+    work, samples = dirs
+    members = {f".hidden/{i:05d}": b"" for i in range(1200)} | _six_pairs()
+    archive = _tar(tmp_path / "hidden.tar.gz", members, "w:gz")
+    with pytest.raises(ArchiveTooLargeError, match="more than 1000 entries"):
+        ingest_archive(archive, work, "hidden", "e1", samples, 0.25, LIMITS)
+
+
+def test_a_skipped_member_counts_towards_the_size_limit(dirs, tmp_path: Path) -> None:
+    work, samples = dirs
+    members = {"__MACOSX/._huge": b"\0" * (4 * 1024 * 1024)} | _six_pairs()
+    archive = _tar(tmp_path / "skipped.tar.gz", members, "w:gz")
+    small = IngestLimits(max_bytes=2 * 1024 * 1024, max_members=1000, max_ratio=1e9, min_samples=5)
+    with pytest.raises(ArchiveTooLargeError, match="expands to more than"):
+        ingest_archive(archive, work, "skipped", "e1", samples, 0.25, small)
+
+
+def test_archive_errors_do_not_show_the_servers_paths(dirs, tmp_path: Path) -> None:
+    work, samples = dirs
+    truncated = tmp_path / "secret-server-folder" / "upload.tar.gz"
+    truncated.parent.mkdir()
+    _tar(truncated, _six_pairs(), "w:gz")
+    truncated.write_bytes(truncated.read_bytes()[:700])
+    with pytest.raises(InputError, match="corrupt or truncated") as raised:
+        ingest_archive(truncated, work, "t", "e1", samples, 0.25, LIMITS)
+    assert str(tmp_path) not in str(raised.value)

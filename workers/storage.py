@@ -39,6 +39,10 @@ ENROLMENT_FILE = "enrolment.json"
 COPY_CHUNK = 1 << 20
 # Below this many uncompressed bytes a high ratio is harmless (a few blank images compress 1000:1).
 RATIO_FLOOR_BYTES = 64 * 1024 * 1024
+MAX_NAME_PART_BYTES = 255  # what file systems allow for one path component
+# GNU long-name and PAX headers are read whole by tarfile; real ones are a few hundred bytes.
+MAX_EXTENDED_HEADER_BYTES = 64 * 1024
+TAR_BLOCK = 512
 
 
 class ValidationError(InputError):
@@ -139,8 +143,21 @@ def check_object_name(name: str) -> str:
     return name
 
 
+def _check_name_text(name: str, what: str) -> None:
+    """Names end in JSON job records and on disk: valid UTF-8, and no component over 255 bytes."""
+    try:
+        encoded_parts = [part.encode("utf-8") for part in name.split("/")]
+    except UnicodeEncodeError:
+        raise ValidationError(f"{what} {ascii(name)} has a name that is not valid UTF-8") from None
+    if any(len(part) > MAX_NAME_PART_BYTES for part in encoded_parts):
+        raise ValidationError(
+            f"{what} {name[:80]!r}... has a name part longer than {MAX_NAME_PART_BYTES} bytes"
+        )
+
+
 def check_upload_name(name: str) -> str:
     """A `files` upload's file name: a plain name, never a path."""
+    _check_name_text(name, "file")
     if (
         not name
         or "/" in name
@@ -173,6 +190,7 @@ def archive_kind(path: Path) -> str:
 
 def _safe_member_path(name: str) -> PurePosixPath | None:
     """The relative path to extract a member to; None for junk to skip; raises on traversal."""
+    _check_name_text(name, "archive member")
     if "\x00" in name or "\\" in name:
         raise UnsafeArchiveError(f"archive member {name!r} has a backslash or NUL in its name")
     if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
@@ -195,9 +213,15 @@ class _ByteBudget:
         self.written = 0
 
     def add_member(self, name: str) -> None:
+        """Every entry counts: files, folders, hidden and skipped ones, extended headers."""
         self.members += 1
         if self.members > self.limits.max_members:
-            raise ArchiveTooLargeError(f"the archive has more than {self.limits.max_members} files")
+            raise ArchiveTooLargeError(f"the archive has more than {self.limits.max_members} entries")
+
+    def skip(self, size: int) -> None:
+        """Bytes decompressed without being written (headers, skipped members) count too."""
+        self.written += size
+        self.check()
 
     def check(self, declared: int = 0) -> None:
         total = self.written + declared
@@ -225,10 +249,23 @@ def _target(dest: Path, relative: PurePosixPath) -> Path:
     target = dest.joinpath(*relative.parts)
     if dest.resolve() not in target.resolve().parents:
         raise UnsafeArchiveError(f"archive member {relative} would be written outside the archive")
+    for parent in reversed(target.relative_to(dest).parents[:-1]):
+        if (dest / parent).is_file():
+            raise ValidationError(f"archive member {relative} is inside {parent}, which is also a file")
     target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_dir():
+        raise ValidationError(f"archive member {relative} is a file and also a folder")
     if target.exists():
         raise ValidationError(f"archive member {relative} appears twice")
     return target
+
+
+def _without_paths(error: BaseException, *paths: Path) -> str:
+    """An error message fit for a client: the server's own folders left out."""
+    message = str(error)
+    for path in paths:
+        message = message.replace(str(path), "<archive>")
+    return message
 
 
 def _extract_zip(archive: Path, dest: Path, budget: _ByteBudget) -> Iterator[Path]:
@@ -247,6 +284,8 @@ def _extract_zip(archive: Path, dest: Path, budget: _ByteBudget) -> Iterator[Pat
                 relative = _safe_member_path(info.filename)
                 if info.is_dir() or relative is None:
                     continue
+                if info.flag_bits & 0x1:
+                    raise UnsafeArchiveError(f"archive member {info.filename!r} is encrypted")
                 budget.add_member(info.filename)
                 if (
                     info.compress_size
@@ -261,14 +300,17 @@ def _extract_zip(archive: Path, dest: Path, budget: _ByteBudget) -> Iterator[Pat
                 with bundle.open(info) as source:
                     budget.copy(source, target, info.file_size)
                 yield target
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:
-        raise InputError(f"the zip archive is corrupt or truncated ({error})") from error
+    except UnicodeDecodeError as error:  # a name flagged UTF-8 that is not
+        raise ValidationError(f"a zip member's name is flagged UTF-8 but is not ({error.reason})") from error
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as error:
+        message = _without_paths(error, archive, dest)
+        raise InputError(f"the zip archive is corrupt or truncated ({message})") from error
 
 
 def _extract_tar(archive: Path, dest: Path, budget: _ByteBudget) -> Iterator[Path]:
     try:
         # Stream mode: one pass, members checked as they come, nothing seeks back.
-        with tarfile.open(archive, mode="r|*") as bundle:
+        with tarfile.open(archive, mode="r|*", tarinfo=_bounded_tar_info(budget)) as bundle:
             for member in bundle:
                 if member.issym() or member.islnk():
                     raise UnsafeArchiveError(f"archive member {member.name!r} is a link")
@@ -279,8 +321,8 @@ def _extract_tar(archive: Path, dest: Path, budget: _ByteBudget) -> Iterator[Pat
                     raise UnsafeArchiveError(f"archive member {member.name!r} is not a regular file")
                 relative = _safe_member_path(member.name)
                 if relative is None:
+                    budget.skip(member.size)  # decompressed to reach the next header
                     continue
-                budget.add_member(member.name)
                 budget.check(member.size)
                 target = _target(dest, relative)
                 source = bundle.extractfile(member)
@@ -289,7 +331,40 @@ def _extract_tar(archive: Path, dest: Path, budget: _ByteBudget) -> Iterator[Pat
                 budget.copy(source, target, member.size)
                 yield target
     except (tarfile.TarError, zlib.error, EOFError, OSError) as error:
-        raise InputError(f"the tar archive is corrupt or truncated ({error})") from error
+        message = _without_paths(error, archive, dest)
+        raise InputError(f"the tar archive is corrupt or truncated ({message})") from error
+
+
+def _bounded_tar_info(budget: _ByteBudget) -> type[tarfile.TarInfo]:
+    """tarfile's member class, counting every header (and the bytes it makes tarfile read) against
+    the limits before tarfile acts on it, and refusing oversized GNU long-name / PAX headers, which
+    tarfile would read whole into memory."""
+
+    class BoundedTarInfo(tarfile.TarInfo):
+        def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+            budget.add_member(self.name)
+            budget.skip(TAR_BLOCK)
+            if self.type in EXTENDED_HEADER_TYPES:
+                if self.size > MAX_EXTENDED_HEADER_BYTES:
+                    raise UnsafeArchiveError(
+                        f"the archive has an extended tar header of {self.size} bytes "
+                        f"(more than {MAX_EXTENDED_HEADER_BYTES})"
+                    )
+                budget.skip(self.size)
+            return super()._proc_member(tarfile_)
+
+    return BoundedTarInfo
+
+
+EXTENDED_HEADER_TYPES = frozenset(
+    {
+        tarfile.GNUTYPE_LONGNAME,
+        tarfile.GNUTYPE_LONGLINK,
+        tarfile.XHDTYPE,
+        tarfile.XGLTYPE,
+        tarfile.SOLARIS_XHDTYPE,
+    }
+)
 
 
 def extract_archive(archive: Path, dest: Path, limits: IngestLimits) -> list[Path]:
