@@ -24,6 +24,7 @@ from iumad.settings import Settings
 from service.app import create_app
 from service.embedded import RedisServerProcess, free_port
 from service.lineage import connect_redis
+from workers.job_store import JobStore
 from workers.registry import ModelRegistry
 
 OPERATOR, CAMERA = "operator-key", "camera-key"
@@ -340,3 +341,42 @@ def test_activate_checks_the_version(client: TestClient, settings: Settings, red
     corrupt = client.post(f"/models/{second.name}/activate")
     assert corrupt.status_code == 422 and "corrupt" in corrupt.json()["error"]["message"]
     assert ModelRegistry(redis, settings.models_dir).active().version == first.name
+
+
+def test_an_upload_in_progress_holds_its_object_until_its_job_ends(
+    client: TestClient, settings: Settings, redis: Redis, synthetic_root: Path
+) -> None:
+    jobs = JobStore(redis, settings.redis_key_prefix)
+    assert jobs.reserve("disc", "upload-elsewhere") is None  # another gateway is still receiving one
+    upload = {
+        "data": {"object": "disc"},
+        "files": {"archive": ("disc.zip", mvtec_zip(synthetic_root, "disc"))},
+    }
+    busy = client.post("/enroll-object", **upload)
+    assert busy.status_code == 409 and "upload-elsewhere" in busy.json()["error"]["message"], busy.text
+    _nothing_stored(settings, redis)
+    jobs.release("disc", "upload-elsewhere")
+
+    accepted = client.post("/enroll-object", **upload)
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.json()["job_id"]
+    assert redis.ttl(jobs.reservation_key("disc")) == -1  # queued: held for the job's whole life
+    again = client.post("/enroll-object", **upload | {"data": {"object": "disc", "replace": "true"}})
+    assert again.status_code == 409 and job_id in again.json()["error"]["message"]
+    jobs.finish(job_id, "canceled", "test")
+    assert jobs.reserve("disc", "next-upload") is None  # finishing released it
+
+
+def test_a_rejected_upload_releases_its_object(client: TestClient, settings: Settings, redis: Redis) -> None:
+    rejected = client.post("/enroll-object", data={"object": "disc"}, files={"archive": ("x.zip", _bomb())})
+    assert rejected.status_code == 413
+    assert not redis.exists(JobStore(redis, settings.redis_key_prefix).reservation_key("disc"))
+
+
+def test_a_reservation_left_by_a_finished_job_gives_way(redis: Redis, settings: Settings) -> None:
+    jobs = JobStore(redis, settings.redis_key_prefix)
+    jobs.create("old-job", "ring", False, {}, {})
+    assert jobs.reserve("ring", "old-job") is None
+    redis.hset(jobs.key("old-job"), "status", "failed")  # finished without releasing (a crash)
+    assert jobs.reserve("ring", "new-job") is None
+    assert jobs.reserve("ring", "third-job") == "new-job"

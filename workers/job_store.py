@@ -41,6 +41,19 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
 
+# KEYS: reservation. ARGV: job id. Changes the reservation only while that job holds it.
+_RELEASE_IF_HELD = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_KEEP_IF_HELD = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PERSIST', KEYS[1]) end
+return 0
+"""
+# An upload being received and checked holds its object's name this long at most; once its job is
+# queued the reservation lasts until the job finishes.
+RESERVATION_TTL_S = 3600
+
 
 @dataclass
 class JobRecord:
@@ -91,6 +104,10 @@ class JobRecord:
         }
 
 
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _decode(raw: dict[bytes | str, bytes | str]) -> dict[str, str]:
     return {
         (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
@@ -109,9 +126,40 @@ class JobStore:
         self.index_key = f"{prefix}:jobs"
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._update_if_open = redis.register_script(_UPDATE_IF_OPEN)
+        self._release_if_held = redis.register_script(_RELEASE_IF_HELD)
+        self._keep_if_held = redis.register_script(_KEEP_IF_HELD)
 
     def key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
+
+    # ------------------------------------------------------------------------- reservations
+
+    def reservation_key(self, object_name: str) -> str:
+        return f"{self.prefix}:reservation:{object_name}"
+
+    def reserve(self, object_name: str, job_id: str) -> str | None:
+        """Reserve `object_name` for `job_id` (SET NX): None when it is ours, else the holding job's
+        id. One enrolment per object at a time, from its upload until its job ends; a holder whose
+        job already finished (its release was lost in a crash) gives way."""
+        key = self.reservation_key(object_name)
+        holder = None
+        for _ in range(2):
+            if self.redis.set(key, job_id, nx=True, ex=RESERVATION_TTL_S):
+                return None
+            holder = _text(self.redis.get(key))
+            record = self.get(holder) if holder else None
+            if holder and not (record is not None and record.finished):
+                return holder
+            if holder:
+                self._release_if_held(keys=[key], args=[holder])
+        return holder
+
+    def keep_reservation(self, object_name: str, job_id: str) -> None:
+        """The job is queued: its reservation lasts until it finishes (`finish` releases it)."""
+        self._keep_if_held(keys=[self.reservation_key(object_name)], args=[job_id])
+
+    def release(self, object_name: str, job_id: str) -> None:
+        self._release_if_held(keys=[self.reservation_key(object_name)], args=[job_id])
 
     # ------------------------------------------------------------------------------- writing
 
@@ -170,7 +218,12 @@ class JobStore:
     def finish(self, job_id: str, status: str, message: str, **fields: Any) -> bool:
         if status not in TERMINAL:
             raise ValueError(f"{status!r} is not a final job state")
-        return self.update(job_id, status=status, message=message, finished_at=time.time(), **fields)
+        finished = self.update(job_id, status=status, message=message, finished_at=time.time(), **fields)
+        if finished:
+            object_name = _text(self.redis.hget(self.key(job_id), "object"))
+            if object_name:
+                self.release(object_name, job_id)
+        return finished
 
     def request_cancel(self, job_id: str) -> None:
         self.redis.hset(self.key(job_id), "cancel_requested", 1)

@@ -9,6 +9,7 @@ the job. The upload folder is always removed; the stored enrolment is removed if
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from pathlib import Path
@@ -18,6 +19,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from iumad.settings import Settings
@@ -30,7 +32,7 @@ from service.schemas import OBJECT_NAME_PATTERN
 from service.state import AppState, get_state
 from service.uploads import ReceivedForm, receive_multipart
 from workers import storage
-from workers.job_store import JobStore
+from workers.job_store import JobRecord, JobStore
 from workers.jobs import new_job_id, submit_enrolment
 from workers.registry import ModelRegistry
 from workers.storage import (
@@ -166,6 +168,45 @@ def _options(form: ReceivedForm) -> EnrolOptions:
     return options
 
 
+def _reserve(jobs: JobStore, object_name: str, job_id: str) -> None:
+    """One enrolment per object at a time: two uploads of one object cannot both be queued."""
+    holder = jobs.reserve(object_name, job_id)
+    if holder is None:
+        return
+    record = jobs.get(holder)
+    what = f"a {record.status} enrolment job" if record is not None else "an enrolment upload in progress"
+    raise ConflictError(
+        f"object {object_name!r} already has {what} ({holder}); "
+        f"wait for it or cancel it (POST /jobs/{holder}/cancel)"
+    )
+
+
+async def _ingest_and_submit(
+    form: ReceivedForm, work: Path, options: EnrolOptions, job_id: str, state: AppState
+) -> tuple[JobRecord, StoredEnrolment]:
+    """With the object reserved: the conflict checks, the samples stored, the job queued."""
+    registry, jobs = require_lineage(state)
+    settings = state.settings
+    with redis_or_503("enrol"):
+        await run_in_threadpool(_check_conflicts, registry, jobs, options)
+    stored = await run_in_threadpool(_ingest, form, work, options, job_id, settings)
+    job_options = {
+        "holdout_fraction": options.holdout_fraction,
+        "target_false_reject_rate": options.target_false_reject_rate,
+        "max_minutes": options.max_minutes or settings.enroll_max_minutes,
+    }
+    try:
+        with redis_or_503("enrol"):
+            record = await run_in_threadpool(
+                submit_enrolment, registry.redis, settings, stored, options.replace, job_options
+            )
+            await run_in_threadpool(jobs.keep_reservation, options.object, job_id)
+    except BaseException:
+        await run_in_threadpool(shutil.rmtree, stored.directory, True)
+        raise
+    return record, stored
+
+
 def _check_conflicts(registry: ModelRegistry, jobs: JobStore, options: EnrolOptions) -> None:
     for record in jobs.open_jobs():
         if record.object == options.object:
@@ -269,20 +310,12 @@ async def _enroll(request: Request, state: AppState) -> JSONResponse:
         form = await receive_multipart(request, work / "parts", settings.max_archive_members)
         options = _options(form)
         with redis_or_503("enrol"):
-            await run_in_threadpool(_check_conflicts, registry, jobs, options)
-        stored = await run_in_threadpool(_ingest, form, work, options, job_id, settings)
-        job_options = {
-            "holdout_fraction": options.holdout_fraction,
-            "target_false_reject_rate": options.target_false_reject_rate,
-            "max_minutes": options.max_minutes or settings.enroll_max_minutes,
-        }
+            await run_in_threadpool(_reserve, jobs, options.object, job_id)
         try:
-            with redis_or_503("enrol"):
-                record = await run_in_threadpool(
-                    submit_enrolment, registry.redis, settings, stored, options.replace, job_options
-                )
+            record, stored = await _ingest_and_submit(form, work, options, job_id, state)
         except BaseException:
-            await run_in_threadpool(shutil.rmtree, stored.directory, True)
+            with contextlib.suppress(RedisError):
+                await run_in_threadpool(jobs.release, options.object, job_id)
             raise
     finally:
         await run_in_threadpool(shutil.rmtree, work, True)
