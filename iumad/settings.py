@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     # A 4096x4096 RGB PNG (worst case ~50 MB) + a float32 xyz TIFF (~200 MB) fit under this.
     max_inspect_bytes: int = 300 * 1024 * 1024
     max_enroll_bytes: int = 4 * 1024 * 1024 * 1024
+    max_concurrent_enrolments: int = Field(
+        2,
+        gt=0,
+        description="Enrolment uploads one gateway receives at once (each may use GBs of disk); "
+        "more get 503 with Retry-After.",
+    )
     max_image_pixels: int = 4096 * 4096
     max_archive_members: int = 20000
     max_archive_ratio: float = 200.0
@@ -113,6 +119,10 @@ class Settings(BaseSettings):
     keep_rejected_images: bool = False
     rejected_max_mb: int = 1024
     rejected_max_age_days: int = 30
+    decision_log_max_mb: int = Field(
+        1024, gt=0, description="Decision log files beyond this go, oldest first."
+    )
+    decision_log_max_age_days: int = Field(365, gt=0, description="Decision log files older than this go.")
 
     @field_validator("data_dir")
     @classmethod

@@ -32,8 +32,13 @@ from service.routes import dashboard, enrollment, health, inspect, jobs, models,
 from service.runtime import ModelRuntime
 from service.state import ACTIVE_FILE, AppState, find_active_version
 from service.thresholds import open_threshold_store
+from workers.job_store import RESERVATION_TTL_S
+from workers.storage import remove_idle_folders
 
 log = logging.getLogger(__name__)
+
+# An upload is abandoned when nothing in it changed for as long as its object may stay reserved.
+ABANDONED_AFTER_S = RESERVATION_TTL_S
 
 API_DESCRIPTION = """
 RGB + depth anomaly detection for production lines: one unified model for every enrolled object.
@@ -57,6 +62,13 @@ def _upload_limits(settings: Settings) -> dict[str, int]:
     return {"/inspect": settings.max_inspect_bytes, "/enroll-object": settings.max_enroll_bytes}
 
 
+def _remove_abandoned_uploads(settings: Settings) -> None:
+    """What a killed gateway left: upload folders and half-stored enrolments, idle for an hour."""
+    leftovers = [*(settings.data_dir / "uploads").glob("*"), *settings.samples_dir.glob("*/.staging-*")]
+    for path in remove_idle_folders(leftovers, ABANDONED_AFTER_S):
+        log.info("removed %s, left by a gateway that stopped while receiving it", path)
+
+
 def start_state(settings: Settings, redis: Any | None = None) -> AppState:
     """Start everything the routes need; the active model loads in the background."""
     if settings.torch_threads:
@@ -73,8 +85,11 @@ def start_state(settings: Settings, redis: Any | None = None) -> AppState:
         settings.data_dir / "rejected" if settings.keep_rejected_images else None,
         rejected_max_bytes=settings.rejected_max_mb * 1024 * 1024,
         rejected_max_age_s=settings.rejected_max_age_days * 86400.0,
+        log_max_bytes=settings.decision_log_max_mb * 1024 * 1024,
+        log_max_age_s=settings.decision_log_max_age_days * 86400.0,
     )
     decisions.start()
+    _remove_abandoned_uploads(settings)
     state = AppState(
         settings=settings,
         runtime=runtime,

@@ -4,7 +4,8 @@ Every answered inspection appends one JSON line to `data_dir/decisions/decisions
 (UTC day; a new file each day): request id, time, object, model version, score, raw score, threshold,
 decision and server latency. With `keep_rejected_images`, a failed part's uploaded files are kept as
 sent under `data_dir/rejected/YYYY-MM-DD/<request id>_{rgb,depth}.<ext>`, pruned to a total size and
-an age limit (oldest first).
+an age limit (oldest first). The log itself is kept within `log_max_bytes` and `log_max_age_s` the
+same way (a day's file is split into parts of at most 64 MiB so that old parts can go).
 
 One background thread does all the disk work, so the event loop only puts a record on a queue. If
 the writer falls behind (a full queue), records are dropped and counted rather than slowing inspection.
@@ -29,6 +30,7 @@ from service.metrics import DECISION_LOG_DROPPED, REJECTED_IMAGES_KEPT
 log = logging.getLogger(__name__)
 
 _PRUNE_EVERY_S = 60.0
+PART_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -64,11 +66,20 @@ class DecisionLog:
         rejected_max_bytes: int = 1024 * 1024 * 1024,
         rejected_max_age_s: float = 30 * 86400,
         max_pending: int = 10_000,
+        log_max_bytes: int = 1024 * 1024 * 1024,
+        log_max_age_s: float = 365 * 86400,
     ) -> None:
         self.directory = Path(directory)
         self.rejected_directory = Path(rejected_directory) if rejected_directory else None
         self.rejected_max_bytes = rejected_max_bytes
         self.rejected_max_age_s = rejected_max_age_s
+        self.log_max_bytes = log_max_bytes
+        self.log_max_age_s = log_max_age_s
+        # One file holds at most this much: a day of a busy line is split, so that the size limit
+        # can remove old parts while today's file grows.
+        self.part_bytes = max(64 * 1024, min(PART_BYTES, log_max_bytes // 8))
+        self._path: Path | None = None
+        self._log_pruned_at = 0.0
         self._queue: queue.Queue[_Entry | _Flush | None] = queue.Queue(maxsize=max_pending)
         self._thread: threading.Thread | None = None
         self._handle: IO[str] | None = None
@@ -116,6 +127,7 @@ class DecisionLog:
     def _run(self) -> None:
         if self.rejected_directory is not None:
             self._prune()
+        self._prune_log()
         while True:
             item = self._queue.get()
             if item is None:
@@ -148,12 +160,28 @@ class DecisionLog:
         line = asdict(record)
         if entry.images and record.decision == "fail" and self.rejected_directory is not None:
             line["kept_images"] = self._keep_images(record, entry.images, day)
-        if day != self._day or self._handle is None:
-            if self._handle is not None:
-                self._handle.close()
-            self._handle = (self.directory / f"decisions-{day}.jsonl").open("a", encoding="utf-8")
-            self._day = day
+        if day != self._day or self._handle is None or self._handle.tell() >= self.part_bytes:
+            self._open(day)
+        assert self._handle is not None
         self._handle.write(json.dumps(line) + "\n")
+        if time.monotonic() - self._log_pruned_at > _PRUNE_EVERY_S:
+            self._prune_log()
+
+    def _open(self, day: str) -> None:
+        """`decisions-DAY.jsonl`, then `decisions-DAY.1.jsonl`, ... once a part is full."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        part = 0
+        while True:
+            name = f"decisions-{day}.jsonl" if part == 0 else f"decisions-{day}.{part}.jsonl"
+            path = self.directory / name
+            if not path.exists() or path.stat().st_size < self.part_bytes:
+                break
+            part += 1
+        self._handle = path.open("a", encoding="utf-8")
+        self._path, self._day = path, day
+        self._prune_log()
 
     def _keep_images(self, record: DecisionRecord, images: dict[str, bytes], day: str) -> list[str]:
         assert self.rejected_directory is not None
@@ -172,32 +200,48 @@ class DecisionLog:
         return kept
 
     def _prune(self) -> None:
-        """Delete kept images older than the age limit, then the oldest until under 90% of the size limit
-        (the margin keeps the next few writes from pruning again)."""
+        """Kept images by age, then oldest first to under 90% of the size limit."""
         self._pruned_at = time.monotonic()
-        root = self.rejected_directory
-        if root is None or not root.is_dir():
-            return
-        now = time.time()
-        files = []
-        for path in root.rglob("*"):
-            if path.is_file():
-                stat = path.stat()
-                if now - stat.st_mtime > self.rejected_max_age_s:
-                    path.unlink(missing_ok=True)
-                else:
-                    files.append((stat.st_mtime, stat.st_size, path))
-        total = sum(size for _, size, _ in files)
-        if total > self.rejected_max_bytes:
-            for _, size, path in sorted(files, key=lambda item: item[0]):
-                if total <= 0.9 * self.rejected_max_bytes:
-                    break
-                path.unlink(missing_ok=True)
-                total -= size
-        self._kept_bytes = total
-        for folder in root.iterdir():
-            if folder.is_dir() and not any(folder.iterdir()):
-                shutil.rmtree(folder, ignore_errors=True)
+        if self.rejected_directory is not None:
+            self._kept_bytes = prune_files(
+                self.rejected_directory, self.rejected_max_age_s, self.rejected_max_bytes
+            )
+
+    def _prune_log(self) -> None:
+        """Old decision files the same way; the file being written is never removed."""
+        self._log_pruned_at = time.monotonic()
+        keep = {self._path} if self._path is not None else set()
+        prune_files(self.directory, self.log_max_age_s, self.log_max_bytes, keep=keep)
+
+
+def prune_files(root: Path, max_age_s: float, max_bytes: int, keep: set[Path] | None = None) -> int:
+    """Delete files under `root` older than `max_age_s`, then the oldest until the rest take under 90%
+    of `max_bytes` (the margin keeps the next few writes from pruning again), then empty folders;
+    returns the bytes left. Files in `keep` stay."""
+    if not root.is_dir():
+        return 0
+    keep = keep or set()
+    now = time.time()
+    files = []
+    for path in root.rglob("*"):
+        if not path.is_file() or path in keep:
+            continue
+        stat = path.stat()
+        if now - stat.st_mtime > max_age_s:
+            path.unlink(missing_ok=True)
+        else:
+            files.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in files) + sum(path.stat().st_size for path in keep if path.is_file())
+    if total > max_bytes:
+        for _, size, path in sorted(files, key=lambda item: item[0]):
+            if total <= 0.9 * max_bytes:
+                break
+            path.unlink(missing_ok=True)
+            total -= size
+    for folder in root.iterdir():
+        if folder.is_dir() and not any(folder.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
+    return total
 
 
 def utc_now_iso() -> str:

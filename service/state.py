@@ -40,6 +40,7 @@ class AppState:
     jobs: JobStore | None = None  # enrolment job records
     background: list[Any] = field(default_factory=list)  # follower and pollers, stopped at shutdown
     recent: RecentInspections = field(default_factory=RecentInspections)  # the dashboard's live view
+    enrolment_uploads: int = 0  # enrolment uploads this gateway is receiving and checking now
 
     @property
     def ready(self) -> bool:

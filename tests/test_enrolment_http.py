@@ -380,3 +380,48 @@ def test_a_reservation_left_by_a_finished_job_gives_way(redis: Redis, settings: 
     redis.hset(jobs.key("old-job"), "status", "failed")  # finished without releasing (a crash)
     assert jobs.reserve("ring", "new-job") is None
     assert jobs.reserve("ring", "third-job") == "new-job"
+
+
+def test_samples_of_jobs_that_ended_without_a_version_are_removed(redis: Redis, settings: Settings) -> None:
+    from workers.jobs import remove_unused_enrolments
+
+    jobs = JobStore(redis, settings.redis_key_prefix)
+    folders = {}
+    for job_id, status in (
+        ("crashed", "failed"),
+        ("killed", "canceled"),
+        ("kept", "succeeded"),
+        ("open", None),
+    ):
+        folders[job_id] = settings.samples_dir / "disc" / job_id
+        (folders[job_id] / "train").mkdir(parents=True)
+        jobs.create(job_id, "disc", False, {}, {})
+        if status is not None:
+            redis.hset(jobs.key(job_id), "status", status)
+    unknown = settings.samples_dir / "disc" / "no-record"
+    unknown.mkdir()
+    removed = remove_unused_enrolments(settings, jobs)
+    assert sorted(path.name for path in removed) == ["crashed", "killed"]
+    assert folders["kept"].exists() and folders["open"].exists() and unknown.exists()
+
+
+def test_a_gateway_receiving_its_limit_of_enrolments_answers_503(
+    client: TestClient, settings: Settings, synthetic_root: Path
+) -> None:
+    state = client.app.state.iumad
+    state.enrolment_uploads = settings.max_concurrent_enrolments  # that many uploads are arriving
+    try:
+        busy = client.post(
+            "/enroll-object",
+            data={"object": "disc"},
+            files={"archive": ("d.zip", mvtec_zip(synthetic_root, "disc"))},
+        )
+    finally:
+        state.enrolment_uploads = 0
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "60", busy.text
+    accepted = client.post(
+        "/enroll-object",
+        data={"object": "disc"},
+        files={"archive": ("d.zip", mvtec_zip(synthetic_root, "disc"))},
+    )
+    assert accepted.status_code == 202 and state.enrolment_uploads == 0

@@ -425,3 +425,20 @@ def test_archive_errors_do_not_show_the_servers_paths(dirs, tmp_path: Path) -> N
     with pytest.raises(InputError, match="corrupt or truncated") as raised:
         ingest_archive(truncated, work, "t", "e1", samples, 0.25, LIMITS)
     assert str(tmp_path) not in str(raised.value)
+
+
+def test_idle_leftover_folders_go_and_live_ones_stay(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from workers.storage import remove_idle_folders
+
+    idle, live = tmp_path / "uploads" / "idle", tmp_path / "uploads" / "live"
+    for folder in (idle, live):
+        (folder / "parts").mkdir(parents=True)
+        (folder / "parts" / "part-000000").write_bytes(b"x")
+    old = time.time() - 7200
+    for path in (idle / "parts" / "part-000000", idle / "parts", idle):
+        os.utime(path, (old, old))
+    assert remove_idle_folders([idle, live], 3600) == [idle]
+    assert not idle.exists() and live.exists()

@@ -227,6 +227,7 @@ def test_hard_cancel_kills_the_work_horse(stack: Stack, synthetic_root: Path) ->
     record = stack.wait(job_id, 10)
     assert record.status == "canceled" and "killed" in record.message and "unchanged" in record.message
     assert stack.registry.active() is None and stack.versions_on_disk() == []
+    assert not (stack.settings.samples_dir / "disc" / job_id).exists()  # the killed job's samples go too
     assert worker.poll() is None, "the worker itself survives and takes the next job"
 
 

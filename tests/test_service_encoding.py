@@ -124,3 +124,22 @@ def test_rejected_images_are_kept_as_sent_and_pruned_by_size_and_age(tmp_path):
     assert kept == ["part2_rgb.png", "part3_rgb.png"]  # the newest that fit under 2500 bytes
     lines = (tmp_path / "decisions" / "decisions-2026-11-28.jsonl").read_text().splitlines()
     assert json.loads(lines[3])["kept_images"] == ["2026-11-28/part3_rgb.png"]
+
+
+def test_the_decision_log_is_split_into_parts_and_kept_within_its_size_and_age(tmp_path):
+    folder = tmp_path / "decisions"
+    folder.mkdir()
+    ancient = folder / "decisions-2025-01-01.jsonl"
+    ancient.write_text("{}\n")
+    os.utime(ancient, (time.time() - 400 * 86400,) * 2)
+    log = DecisionLog(folder, log_max_bytes=200_000, log_max_age_s=365 * 86400)
+    log.start()
+    for index in range(3000):  # about 700 kB of lines
+        log.record(decision(f"part-{index:05d}", "2026-11-28", "pass"))
+    log.close()
+    parts = sorted(folder.glob("decisions-*.jsonl"))
+    assert not ancient.exists()
+    assert len(parts) >= 2 and all(path.stat().st_size <= log.part_bytes + 1000 for path in parts)
+    assert sum(path.stat().st_size for path in parts) <= 200_000 + log.part_bytes
+    newest = max(parts, key=lambda path: path.stat().st_mtime).read_text().splitlines()
+    assert json.loads(newest[-1])["request_id"] == "part-02999"  # the newest lines are the ones kept

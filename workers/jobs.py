@@ -502,6 +502,35 @@ def enroll_object(spec: dict[str, Any]) -> dict[str, Any]:
     return EnrolmentRun(get_settings(), job.connection, job.id, spec).execute()
 
 
+def referenced_enrolments(models_dir: Path) -> set[str]:
+    """Every `<object>/<enrolment id>` a model version on disk was trained from (its lineage)."""
+    from model.checkpoint import read_manifest
+
+    referenced: set[str] = set()
+    for version in models_dir.iterdir() if models_dir.is_dir() else []:
+        if version.is_dir() and not version.name.startswith("."):
+            with contextlib.suppress(IumadError, OSError, ValueError):
+                samples = read_manifest(version).training.get("samples") or {}
+                referenced.update(str(value) for value in samples.values())
+    return referenced
+
+
+def remove_unused_enrolments(settings: Settings, store: JobStore) -> list[Path]:
+    """Delete stored samples that no version uses and whose job ended without one (failed, canceled:
+    a job killed mid-way cannot clean up after itself). Samples of open or succeeded jobs stay."""
+    referenced = referenced_enrolments(settings.models_dir)
+    removed = []
+    for folder in settings.samples_dir.glob("*/*") if settings.samples_dir.is_dir() else []:
+        name = f"{folder.parent.name}/{folder.name}"
+        if not folder.is_dir() or folder.name.startswith(".") or name in referenced:
+            continue
+        record = store.get(folder.name, reconcile=False)
+        if record is not None and record.status in ("failed", "canceled"):
+            discard_enrolment(settings.samples_dir, folder.parent.name, folder.name)
+            removed.append(folder)
+    return removed
+
+
 def remove_stale_staging(models_dir: Path) -> list[Path]:
     """Delete `.tmp-*` version directories left by a killed writer (call only while holding no job)."""
     import shutil

@@ -21,7 +21,7 @@ import time
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -656,6 +656,21 @@ def ingest_folder(
     return store_enrolment(
         pairs, size, object_name, enrolment_id, samples_dir, holdout_fraction, skipped, options
     )
+
+
+def remove_idle_folders(folders: Iterable[Path], idle_s: float) -> list[Path]:
+    """Delete the folders in which nothing changed for `idle_s`: uploads and `.staging-*` folders a
+    killed gateway left behind (one still being written by a live gateway changes all the time)."""
+    removed = []
+    now = time.time()
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        newest = max((path.stat().st_mtime for path in folder.rglob("*")), default=folder.stat().st_mtime)
+        if now - max(newest, folder.stat().st_mtime) > idle_s:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def discard_enrolment(samples_dir: Path, object_name: str, enrolment_id: str) -> None:

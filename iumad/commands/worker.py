@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 
 from iumad.settings import get_settings, redacted_url
-from workers.job_store import JOB_SERIALIZER
+from workers.job_store import JOB_SERIALIZER, JobStore
 
 log = logging.getLogger("iumad.worker")
 
@@ -47,7 +47,7 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from model.errors import IumadError
-    from workers.jobs import lineage_lock_key, remove_stale_staging
+    from workers.jobs import lineage_lock_key, remove_stale_staging, remove_unused_enrolments
 
     settings = get_settings()
     url = args.redis_url or settings.redis_url
@@ -65,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
     if not connection.exists(lineage_lock_key(settings)):  # no job is writing a version now
         for path in remove_stale_staging(settings.models_dir):
             log.info("removed the partial version %s left by a killed job", path)
+        store = JobStore(connection, settings.redis_key_prefix, settings.job_heartbeat_timeout_s)
+        for path in remove_unused_enrolments(settings, store):
+            log.info("removed the samples %s of a job that ended without a version", path)
     if args.parent_pid:
         threading.Thread(
             target=_exit_with_parent, args=(args.parent_pid,), name="parent-watch", daemon=True

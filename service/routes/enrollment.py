@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from iumad.settings import Settings
 from model.errors import ConflictError, IumadError
 from service.auth import require_operator
-from service.errors import error_response
+from service.errors import ServiceUnavailableError, error_response
 from service.lineage import redis_or_503, require_lineage
 from service.metrics import ENROLMENT_UPLOADS
 from service.schemas import OBJECT_NAME_PATTERN
@@ -278,6 +278,14 @@ async def enroll_object(
     _role: Annotated[str, Depends(require_operator)],
 ) -> JSONResponse:
     """Stores the samples durably, queues the training job and answers at once; poll `status_url`."""
+    if state.enrolment_uploads >= state.settings.max_concurrent_enrolments:
+        ENROLMENT_UPLOADS.labels("unavailable").inc()
+        raise ServiceUnavailableError(
+            f"this gateway is already receiving {state.enrolment_uploads} enrolment uploads "
+            f"(IUMAD_MAX_CONCURRENT_ENROLMENTS); retry in a minute",
+            retry_after_s=60,
+        )
+    state.enrolment_uploads += 1  # the event loop is the only writer
     try:
         response = await _enroll(request, state)
     except SamplesRejectedError as error:
@@ -295,6 +303,8 @@ async def enroll_object(
     except RequestValidationError:
         ENROLMENT_UPLOADS.labels("rejected").inc()
         raise
+    finally:
+        state.enrolment_uploads -= 1
     ENROLMENT_UPLOADS.labels("accepted").inc()
     return response
 

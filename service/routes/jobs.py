@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -108,14 +109,18 @@ def cancel_job(
                 discard_enrolment(state.settings.samples_dir, record.object, job_id)
         if not queued:
             grace = state.settings.cancel_grace_s
-            timer = threading.Timer(grace, _hard_cancel, args=(jobs, registry, job_id, grace))
+            timer = threading.Timer(
+                grace, _hard_cancel, args=(jobs, registry, state.settings.samples_dir, job_id, grace)
+            )
             timer.daemon = True
             timer.start()
             log.info("job %s: cancel requested; killing it in %.0f s if it has not stopped", job_id, grace)
         return _get(jobs, job_id).to_dict()
 
 
-def _hard_cancel(jobs: JobStore, registry: ModelRegistry, job_id: str, grace_s: float) -> None:
+def _hard_cancel(
+    jobs: JobStore, registry: ModelRegistry, samples_dir: FilePath, job_id: str, grace_s: float
+) -> None:
     """Kill the work horse of a job that ignored the cancel flag (stuck in a long, uninterruptible step)."""
     try:
         record = jobs.get(job_id)
@@ -123,7 +128,10 @@ def _hard_cancel(jobs: JobStore, registry: ModelRegistry, job_id: str, grace_s: 
             return
         with contextlib.suppress(InvalidJobOperation, NoSuchJobError):  # not executing (anymore)
             send_stop_job_command(jobs.redis, job_id, serializer=JOB_SERIALIZER)
-        jobs.finish(job_id, "canceled", hard_cancel_message(registry.active(), job_id, grace_s))
+        active = registry.active()
+        jobs.finish(job_id, "canceled", hard_cancel_message(active, job_id, grace_s))
+        if not _activated_by(active, job_id):  # no version uses its samples: the killed job cannot free them
+            discard_enrolment(samples_dir, record.object, job_id)
         log.warning("job %s: killed after ignoring the cancel request for %.0f s", job_id, grace_s)
     except RedisError as error:
         log.error("job %s: cannot kill the job (%s); it will stop at its next cancel check", job_id, error)
@@ -133,7 +141,11 @@ def hard_cancel_message(active: ActiveVersion | None, job_id: str, grace_s: floa
     """What a kill did: the job may already have activated its version (its activation reason names
     the job), and then the model did change."""
     killed = f"canceled: the job did not stop within {grace_s:.0f} s and was killed"
-    if active is not None and active.reason.endswith(f"(job {job_id})"):
+    if active is not None and _activated_by(active, job_id):
         undo = f"; POST /models/{active.previous}/activate to go back" if active.previous else ""
         return f"{killed} after it had activated version {active.version}, which is now serving{undo}"
     return f"{killed}; the active model is unchanged"
+
+
+def _activated_by(active: ActiveVersion | None, job_id: str) -> bool:
+    return active is not None and active.reason.endswith(f"(job {job_id})")
