@@ -220,9 +220,8 @@ def test_hard_cancel_kills_the_work_horse(stack: Stack, synthetic_root: Path) ->
     job_id = stack.enrol(synthetic_root, "disc", max_minutes=1.0)
     wait_until(lambda: stack.store.get(job_id).stage == "training", 60, 0.2, "training to start")
     horses = _children(worker.pid)
-    _hard_cancel(
-        stack.store, stack.registry, job_id, 0.0
-    )  # what the cancel route does when the grace period is over
+    # What the cancel route does when the grace period is over:
+    _hard_cancel(stack.store, stack.registry, stack.settings.samples_dir, job_id, 0.0)
     wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in horses), 15, 0.1, "the horse to die")
     record = stack.wait(job_id, 10)
     assert record.status == "canceled" and "killed" in record.message and "unchanged" in record.message
