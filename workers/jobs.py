@@ -244,10 +244,12 @@ class EnrolmentRun:
         log.info("job %s (%s): %s: %s", self.job_id, self.object, status, message)
         if status == "succeeded":
             fields["progress"] = 1.0
-        self.store.finish(self.job_id, status, message, stage=status, timings=self.timings, **fields)
-        if status in ("failed", "canceled"):  # no version uses these samples: free the disk
+        # No version uses a failed or canceled job's samples: free the disk before the final state is
+        # written, so that a client who sees the state sees the cleanup done.
+        if status in ("failed", "canceled"):
             object_name, _, enrolment_id = str(self.spec["enrolment"]).partition("/")
             discard_enrolment(self.settings.samples_dir, object_name, enrolment_id)
+        self.store.finish(self.job_id, status, message, stage=status, timings=self.timings, **fields)
         return {"status": status, "message": message, **{k: v for k, v in fields.items() if k == "version"}}
 
     def _checkpoint(self, stage: str) -> None:
