@@ -10,13 +10,12 @@ of `IUMAD_ALLOWED_ORIGINS`, gets 403 before it reaches a route.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import error_body
+from service.limits import send_error
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 ALLOWED_FETCH_SITES = frozenset({"same-origin", "none"})
@@ -60,15 +59,4 @@ class CrossSiteGuard:
         if reason is None:
             await self.app(scope, receive, send)
             return
-        body = json.dumps(error_body("cross_site_request", reason)).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 403,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 403, "cross_site_request", reason)

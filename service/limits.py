@@ -109,19 +109,17 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
+async def send_error(send: Send, status: int, code: str, message: str, close: bool = False) -> None:
+    """An error in the JSON envelope straight from ASGI middleware (before any route runs)."""
+    body = json.dumps(error_body(code, message)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def _send_too_large(send: Send, path: str, limit: int, declared: int | None) -> None:
     size = f"{declared} bytes" if declared is not None else "more than that"
     message = f"request body for {path} is larger than the limit of {limit} bytes ({size})"
-    body = json.dumps(error_body("payload_too_large", message)).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_error(send, 413, "payload_too_large", message, close=True)
