@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.data.decode import DEFAULT_MAX_DEPTH_BYTES, DEFAULT_MAX_PIXELS
 from model.errors import InputError
 from model.network.presets import PRESETS, SHIPPED_PRESET, preset_config
 
@@ -58,8 +59,8 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(30.0, description="On shutdown, how long to finish queued inspections.")
     retry_after_s: int = Field(1, description="Retry-After sent with 503 when the queue is full.")
 
-    # A 4096x4096 RGB PNG (worst case ~50 MB) + a float32 xyz TIFF (~200 MB) fit under this.
-    max_inspect_bytes: int = 300 * 1024 * 1024
+    # The largest RGB file (4096x4096 RGBA, 64 MiB) and depth file (IUMAD_MAX_DEPTH_BYTES) fit under this.
+    max_inspect_bytes: int = 136 * 1024 * 1024
     max_enroll_bytes: int = 4 * 1024 * 1024 * 1024
     max_concurrent_enrolments: int = Field(
         2,
@@ -67,7 +68,13 @@ class Settings(BaseSettings):
         description="Enrolment uploads one gateway receives at once (each may use GBs of disk); "
         "more get 503 with Retry-After.",
     )
-    max_image_pixels: int = 4096 * 4096
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    max_depth_bytes: int = Field(
+        DEFAULT_MAX_DEPTH_BYTES,
+        gt=0,
+        description="What one depth file may decode to (a float32 xyz cloud is 12 bytes a pixel); "
+        "checked from its header before decoding.",
+    )
     max_archive_members: int = 20000
     max_archive_ratio: float = 200.0
 

@@ -22,6 +22,13 @@ class UnsupportedMediaError(InputError):
     code = "unsupported_media_type"
 
 
+class PayloadTooLargeError(IumadError):
+    """An upload, a file in it, or what a file decodes to, over a configured limit."""
+
+    http_status = 413
+    code = "payload_too_large"
+
+
 class NotFoundError(IumadError):
     http_status = 404
     code = "not_found"

@@ -8,8 +8,10 @@ traceback logged, so a client never has to parse two formats.
 
 from __future__ import annotations
 
+import errno
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -44,6 +46,27 @@ class QueueFullError(ServiceUnavailableError):
     code = "queue_full"
 
 
+class InsufficientStorageError(ServiceUnavailableError):
+    code = "insufficient_storage"
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def disk_full_is_503(what: str) -> Iterator[None]:
+    """A full disk (or quota) while receiving or storing an upload is the gateway's condition, not the
+    client's fault nor a bug: 503 with Retry-After, and no server path in the message."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in DISK_FULL_ERRNOS:
+            raise
+        raise InsufficientStorageError(
+            f"the gateway's disk is full; cannot {what} now; retry when space is freed", retry_after_s=60
+        ) from error
+
+
 class NotReadyError(ServiceUnavailableError):
     code = "not_ready"
 
@@ -53,11 +76,6 @@ class NothingEnrolledError(ConflictError):
 
     def __init__(self, message: str = ENROL_HINT) -> None:
         super().__init__(message)
-
-
-class PayloadTooLargeError(IumadError):
-    http_status = 413
-    code = "payload_too_large"
 
 
 class BodyTimeoutError(IumadError):

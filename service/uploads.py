@@ -25,8 +25,8 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.datastructures import FormData, UploadFile
 
-from model.errors import InputError, UnsupportedMediaError
-from service.errors import PayloadTooLargeError
+from model.errors import InputError, PayloadTooLargeError, UnsupportedMediaError
+
 
 WRITE_BATCH_BYTES = 1 << 20
 MAX_FIELD_BYTES = 64 * 1024

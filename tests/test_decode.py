@@ -13,6 +13,8 @@ import tifffile
 from PIL import Image
 
 from model.data.decode import (
+    ENCODING_SLACK_BYTES,
+    check_file_size,
     check_same_size,
     decode_depth,
     decode_rgb,
@@ -20,7 +22,7 @@ from model.data.decode import (
     read_rgb,
     sniff_format,
 )
-from model.errors import InputError, UnsupportedMediaError
+from model.errors import InputError, PayloadTooLargeError, UnsupportedMediaError
 
 
 def pil_bytes(array: np.ndarray, fmt: str, mode: str | None = None, **options) -> bytes:
@@ -384,3 +386,62 @@ def test_a_multi_page_tiff_is_refused_after_reading_two_page_headers(monkeypatch
     with pytest.raises(InputError, match="more than one page"):
         decode_depth(buffer.getvalue(), name="stack.tiff")
     assert not walked  # the page count of a 30,000-page file took minutes to find
+
+
+# ----------------------------------------------------------------------------- decoded-size limits
+
+
+def _npy_header_only(shape: tuple[int, ...], descr: str = "<f4", payload: bytes = b"\0" * 64) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + payload
+
+
+@pytest.mark.parametrize(
+    "shape,error,match",
+    [
+        ((4, 4, 10**9), PayloadTooLargeError, "decodes to 64000000000 bytes"),
+        ((10**6, 10**6), InputError, "more than the limit"),
+        ((2000, 2000, 3), InputError, "truncated .npy: its header declares 48000000 bytes"),
+        ((4, 4, 4, 10**9), InputError, "shape"),
+    ],
+    ids=["huge third axis", "huge image", "declared more than it holds", "huge fourth axis"],
+)
+def test_a_huge_declared_npy_shape_is_refused_from_its_header(monkeypatch, shape, error, match):
+    loads = []
+    monkeypatch.setattr(np, "load", lambda *a, **k: loads.append(1))
+    with pytest.raises(error, match=match):
+        decode_depth(_npy_header_only(shape), name="depth.npy")
+    assert not loads  # refused before numpy allocated anything
+
+
+def test_a_compressed_float64_xyz_tiff_at_the_pixel_limit_is_refused_before_decoding(monkeypatch):
+    """A few kilobytes of compressed zeros at the pixel limit would decode to 24 bytes a pixel."""
+    xyz = np.zeros((256, 256, 3), np.float64)
+    data = tiff_bytes(xyz, compression="zlib")
+    assert len(data) < 20_000
+    decoded = []
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", lambda *a, **k: decoded.append(1))
+    with pytest.raises(
+        PayloadTooLargeError, match="decodes to 1572864 bytes, more than the limit of 1000000"
+    ):
+        decode_depth(data, name="xyz.tiff", max_pixels=256 * 256, max_bytes=1_000_000)
+    assert not decoded
+
+
+def test_within_the_decoded_size_limit_float32_xyz_of_the_same_size_is_read():
+    xyz = np.full((256, 256, 3), 0.5, np.float32)
+    z = decode_depth(tiff_bytes(xyz, compression="zlib"), max_pixels=256 * 256, max_bytes=1_000_000)
+    assert z.shape == (256, 256) and np.all(z == 0.5)
+
+
+def test_a_file_larger_than_any_image_within_the_limits_is_refused_before_it_is_read(tmp_path):
+    check_file_size(4 * 100 + ENCODING_SLACK_BYTES, "rgb", "part.png", max_pixels=100, max_depth_bytes=10)
+    with pytest.raises(PayloadTooLargeError, match="more than any rgb image"):
+        check_file_size(4 * 100 + ENCODING_SLACK_BYTES + 1, "rgb", "part.png", 100, 10)
+    with pytest.raises(PayloadTooLargeError, match="more than any depth image"):
+        check_file_size(10 + ENCODING_SLACK_BYTES + 1, "depth", "d.tiff", 100, 10)
+    big = tmp_path / "big.tiff"
+    big.write_bytes(b"II*\x00" + b"\0" * (ENCODING_SLACK_BYTES + 100))
+    with pytest.raises(PayloadTooLargeError, match="big.tiff"):
+        read_depth(big, max_bytes=50)

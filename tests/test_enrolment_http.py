@@ -6,6 +6,7 @@ refused, stored and queued. Every refusal must be a clear 4xx with nothing store
 
 from __future__ import annotations
 
+import errno
 import io
 import tarfile
 import zipfile
@@ -75,6 +76,16 @@ def _zip(members: dict[str, bytes]) -> bytes:
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
         for name, data in members.items():
             bundle.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as bundle:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            bundle.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
 
@@ -425,3 +436,111 @@ def test_a_gateway_receiving_its_limit_of_enrolments_answers_503(
         files={"archive": ("d.zip", mvtec_zip(synthetic_root, "disc"))},
     )
     assert accepted.status_code == 202 and state.enrolment_uploads == 0
+
+
+# ------------------------------------------------------------------------ multipart and disk limits
+
+BOUNDARY = "iumad-test-boundary"
+
+
+def _multipart(parts: list[tuple[str, bytes]], close: bool = True) -> bytes:
+    """A raw multipart body from (Content-Disposition parameters, payload) pairs."""
+    body = b"".join(
+        f"--{BOUNDARY}\r\nContent-Disposition: form-data; {disposition}\r\n\r\n".encode() + payload + b"\r\n"
+        for disposition, payload in parts
+    )
+    return body + (f"--{BOUNDARY}--\r\n".encode() if close else b"")
+
+
+def _object_part(name: str = "part") -> tuple[str, bytes]:
+    return 'name="object"', name.encode()
+
+
+def _file_parts(count: int) -> list[tuple[str, bytes]]:
+    return [(f'name="files"; filename="{name}"', data) for name, data in list(_pairs(count).items())]
+
+
+MULTIPART_REFUSALS = {
+    "too many files": (
+        [_object_part(), *_file_parts(8)],
+        "multipart/form-data; boundary=" + BOUNDARY,
+        413,
+        "more than 12 files",
+    ),
+    "too many fields": (
+        [_object_part(), *[('name="note"', b"x")] * 64, *_file_parts(6)],
+        "multipart/form-data; boundary=" + BOUNDARY,
+        400,
+        "more than 64 form fields",
+    ),
+    "an oversized field": (
+        [('name="object"', b"p" * (65 * 1024)), *_file_parts(6)],
+        "multipart/form-data; boundary=" + BOUNDARY,
+        413,
+        "longer than 65536 bytes",
+    ),
+    "a part without a name": (
+        [_object_part(), ('filename="a.zip"', _zip(_pairs(6)))],
+        "multipart/form-data; boundary=" + BOUNDARY,
+        400,
+        "no field name",
+    ),
+    "no boundary": ([_object_part(), *_file_parts(6)], "multipart/form-data", 400, "no boundary"),
+    "a foreign content type": ([_object_part()], "application/x-www-form-urlencoded", 415, "multipart"),
+}
+
+
+@pytest.mark.parametrize("case", list(MULTIPART_REFUSALS))
+def test_multipart_limits_are_clear_refusals_that_store_nothing(
+    settings: Settings, redis: Redis, case: str
+) -> None:
+    parts, content_type, status, text = MULTIPART_REFUSALS[case]
+    few_files = settings.model_copy(update={"max_archive_members": 12})
+    with TestClient(create_app(few_files, redis), headers={"X-API-Key": OPERATOR}) as test_client:
+        response = test_client.post(
+            "/enroll-object", content=_multipart(parts), headers={"Content-Type": content_type}
+        )
+    assert response.status_code == status, response.text
+    assert text in response.json()["error"]["message"], response.text
+    _nothing_stored(settings, redis)
+
+
+@pytest.mark.parametrize("cut", ["inside a file", "before the closing boundary"])
+def test_a_truncated_multipart_body_is_400_and_stores_nothing(
+    client: TestClient, settings: Settings, redis: Redis, cut: str
+) -> None:
+    body = _multipart([_object_part(), *_file_parts(6)], close=False)
+    body = body[: len(body) // 2] if cut == "inside a file" else body
+    response = client.post(
+        "/enroll-object", content=body, headers={"Content-Type": "multipart/form-data; boundary=" + BOUNDARY}
+    )
+    assert response.status_code == 400, response.text
+    assert "ended before" in response.json()["error"]["message"]
+    _nothing_stored(settings, redis)
+
+
+def _disk_full(*_args, **_kwargs) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize(
+    "where,archive",
+    [
+        ("service.uploads._DiskForm._write_file", ("a.zip", _zip(_pairs(6)))),
+        ("workers.storage._ByteBudget.copy", ("a.tar", _tar(_pairs(6)))),
+        ("workers.storage._fsync_path", ("a.zip", _zip(_pairs(6)))),
+    ],
+    ids=["receiving the body", "extracting a tar", "storing the samples"],
+)
+def test_a_full_disk_during_an_enrolment_is_503_and_leaves_nothing_behind(
+    client: TestClient, settings: Settings, redis: Redis, monkeypatch, where: str, archive
+) -> None:
+    monkeypatch.setattr(where, _disk_full)
+    response = client.post("/enroll-object", data={"object": "part"}, files={"archive": archive})
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "60"
+    error = response.json()["error"]
+    assert error["code"] == "insufficient_storage" and "disk is full" in error["message"]
+    assert str(settings.data_dir) not in error["message"]
+    _nothing_stored(settings, redis)
+    assert not redis.exists(JobStore(redis, settings.redis_key_prefix).reservation_key("part"))

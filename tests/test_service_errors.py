@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import time
 
 import numpy as np
 import pytest
+import tifffile
 from fastapi.testclient import TestClient
 from service_support import (
     build_version,
@@ -39,6 +42,20 @@ def rgb_file(data: bytes, name: str = "part.png") -> dict:
 
 def with_depth(data: bytes, name: str = "depth.tiff") -> dict:
     return {**rgb_file(png_bytes(RGB)), "depth": (name, data, "application/octet-stream")}
+
+
+def npy_declaring(shape: tuple[int, ...], descr: str = "<f8") -> bytes:
+    """A .npy header declaring `shape`, followed by a few bytes: what a hostile client can send cheaply."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + bytes(64)
+
+
+def compressed_float64_xyz(side: int) -> bytes:
+    """Zeros compress ~1000:1: about 96 kB on the wire, 24 bytes a pixel once decoded."""
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.zeros((side, side, 3)), photometric="rgb", compression="zlib")
+    return buffer.getvalue()
 
 
 # (case, files, form fields, expected status, expected error code, words the message must contain)
@@ -160,6 +177,22 @@ BAD_INPUTS = [
         "validation_error",
         "file upload",
     ),
+    (
+        ".npy header declaring 400 MB of float64 xyz",
+        with_depth(npy_declaring((4096, 4096, 3)), "d.npy"),
+        {},
+        413,
+        "payload_too_large",
+        "decodes to",
+    ),
+    (
+        "compressed float64 xyz TIFF past the decoded-size limit",
+        with_depth(compressed_float64_xyz(1900)),
+        {},
+        413,
+        "payload_too_large",
+        "more than the limit of 67108864",
+    ),
 ]
 
 
@@ -264,3 +297,19 @@ def test_an_active_version_that_cannot_load_makes_the_gateway_unready(tmp_path):
         response = client.post("/inspect", files=files_for(RGB, DEPTH))
         assert response.status_code == 503 and response.json()["error"]["code"] == "not_ready"
         assert "failed to load" in response.json()["error"]["message"] and "Retry-After" in response.headers
+
+
+def test_a_full_disk_while_receiving_an_inspection_is_503_and_the_gateway_keeps_serving(client, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "/tmp/spool")
+
+    monkeypatch.setattr("service.uploads.INSPECTION_SPOOL_BYTES", 1000)  # every file spools to disk
+    monkeypatch.setattr("service.uploads.tempfile.TemporaryFile", disk_full)
+    response = client.post("/inspect", files=files_for(RGB, DEPTH))
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "60"
+    error = response.json()["error"]
+    assert error["code"] == "insufficient_storage" and "disk is full" in error["message"]
+    assert "/tmp/spool" not in error["message"]
+    monkeypatch.undo()
+    assert_still_serving(client)

@@ -12,6 +12,7 @@ in one step, so a job never sees half an enrolment.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -30,7 +31,13 @@ from typing import IO, Any
 import numpy as np
 
 from iumad.names import is_object_name
-from model.data.decode import DEFAULT_MAX_PIXELS, check_same_size, read_depth, read_rgb
+from model.data.decode import (
+    DEFAULT_MAX_DEPTH_BYTES,
+    DEFAULT_MAX_PIXELS,
+    check_same_size,
+    read_depth,
+    read_rgb,
+)
 from model.errors import InputError, IumadError, UnsupportedMediaError
 
 RGB_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
@@ -87,6 +94,7 @@ class IngestLimits:
     max_members: int
     max_ratio: float
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_depth_bytes: int = DEFAULT_MAX_DEPTH_BYTES
     min_samples: int = 5
 
     @classmethod
@@ -96,6 +104,7 @@ class IngestLimits:
             max_members=settings.max_archive_members,
             max_ratio=settings.max_archive_ratio,
             max_pixels=settings.max_image_pixels,
+            max_depth_bytes=settings.max_depth_bytes,
             min_samples=settings.min_enroll_samples,
         )
 
@@ -331,6 +340,8 @@ def _extract_tar(archive: Path, dest: Path, budget: _ByteBudget) -> Iterator[Pat
                 budget.copy(source, target, member.size)
                 yield target
     except (tarfile.TarError, zlib.error, EOFError, OSError) as error:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise  # our disk is full: not the archive's fault
         message = _without_paths(error, archive, dest)
         raise InputError(f"the tar archive is corrupt or truncated ({message})") from error
 
@@ -445,21 +456,23 @@ def find_pairs(root: Path, files: list[Path]) -> tuple[list[SamplePair], list[Re
     return pairs, rejects, skipped
 
 
-def _pair_size(pair: SamplePair, max_pixels: int) -> tuple[int, int]:
+def _pair_size(pair: SamplePair, max_pixels: int, max_depth_bytes: int) -> tuple[int, int]:
     rgb = read_rgb(pair.rgb, max_pixels=max_pixels)
-    depth = read_depth(pair.depth, max_pixels=max_pixels) if pair.depth is not None else None
+    depth = None
+    if pair.depth is not None:
+        depth = read_depth(pair.depth, max_pixels=max_pixels, max_bytes=max_depth_bytes)
     check_same_size(rgb, depth, pair.key)
     return int(rgb.shape[1]), int(rgb.shape[0])
 
 
 def validate_pairs(
-    pairs: list[SamplePair], root: Path, max_pixels: int, workers: int = 2
+    pairs: list[SamplePair], root: Path, limits: IngestLimits, workers: int = 2
 ) -> tuple[tuple[int, int] | None, list[RejectedFile]]:
     """Decode every pair; all must be readable and of one size -> (width, height), rejects."""
 
     def check(pair: SamplePair) -> tuple[int, int] | RejectedFile:
         try:
-            return _pair_size(pair, max_pixels)
+            return _pair_size(pair, limits.max_pixels, limits.max_depth_bytes)
         except IumadError as error:
             return RejectedFile(pair.key, str(error).replace(str(root) + os.sep, ""))
 
@@ -642,7 +655,7 @@ def ingest_folder(
             "no RGB images found: send PNG/JPEG RGB files (and optional depth files) "
             "in MVTec 3D-AD layout (rgb/ + xyz/) or as pairs by stem"
         )
-    size, invalid = validate_pairs(pairs, root, limits.max_pixels)
+    size, invalid = validate_pairs(pairs, root, limits)
     rejects.extend(invalid)
     if rejects:
         raise SamplesRejectedError(

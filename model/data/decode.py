@@ -11,6 +11,7 @@ of them would break that.
 from __future__ import annotations
 
 import io
+import math
 import struct
 from pathlib import Path
 
@@ -18,9 +19,16 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from model.errors import InputError, UnsupportedMediaError
+from model.errors import InputError, PayloadTooLargeError, UnsupportedMediaError
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
+# What one depth file may decode to. Pixels alone do not bound it: a float64 xyz cloud is 24 bytes
+# a pixel, and a few hundred kilobytes of compressed zeros decode to gigabytes. 64 MiB holds a
+# 4096 x 4096 float32 z map or a 2364 x 2364 float32 xyz cloud (MVTec 3D-AD's are 800 x 800).
+DEFAULT_MAX_DEPTH_BYTES = 64 * 1024 * 1024
+# Headers, metadata and the little that compression can add on top of the decoded size.
+ENCODING_SLACK_BYTES = 1024 * 1024
+RGB_BYTES_PER_PIXEL = 4  # 8-bit RGBA, the widest RGB image we read
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NPY_MAGIC = b"\x93NUMPY"
@@ -62,6 +70,28 @@ def _check_pixels(width: int, height: int, max_pixels: int, name: str) -> None:
         raise InputError(
             f"{name}: image is {width}x{height} = {width * height} pixels, "
             f"more than the limit of {max_pixels}"
+        )
+
+
+def _check_decoded_bytes(shape: tuple[int, ...], itemsize: int, max_bytes: int, name: str) -> None:
+    decoded = math.prod(int(size) for size in shape) * itemsize
+    if decoded > max_bytes:
+        raise PayloadTooLargeError(
+            f"{name}: depth of shape {tuple(shape)} decodes to {decoded} bytes, "
+            f"more than the limit of {max_bytes}"
+        )
+
+
+def check_file_size(size: int, kind: str, name: str, max_pixels: int, max_depth_bytes: int) -> None:
+    """Refuse a file too large for what it may decode to, before reading it into memory.
+
+    No RGB file within the pixel limit, nor depth file within the decoded-size limit, needs more
+    bytes than this (uncompressed, plus headers).
+    """
+    limit = (max_pixels * RGB_BYTES_PER_PIXEL if kind == "rgb" else max_depth_bytes) + ENCODING_SLACK_BYTES
+    if size > limit:
+        raise PayloadTooLargeError(
+            f"{name}: file is {size} bytes, more than any {kind} image within the limits needs ({limit})"
         )
 
 
@@ -180,7 +210,7 @@ def _has_second_page(tiff: tifffile.TiffFile) -> bool:
     return True
 
 
-def _decode_depth_tiff(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+def _decode_depth_tiff(data: bytes, name: str, max_pixels: int, max_bytes: int) -> np.ndarray:
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tiff:
             page = tiff.pages.first
@@ -194,8 +224,9 @@ def _decode_depth_tiff(data: bytes, name: str, max_pixels: int) -> np.ndarray:
             channels = 1 if axes == "YX" else (shape[0] if axes == "SYX" else shape[2])
             if channels != 1 and channels != 3:
                 raise InputError(f"{name}: TIFF has {channels} channels; depth needs 1 (z) or 3 (xyz)")
+            _check_decoded_bytes(shape, np.dtype(page.dtype).itemsize, max_bytes, name)
             array = page.asarray()
-    except InputError:
+    except (InputError, PayloadTooLargeError):
         raise
     except Exception as error:  # noqa: BLE001 - tifffile raises many types for corrupt data
         raise InputError(f"{name}: cannot read TIFF depth ({error})") from error
@@ -222,8 +253,8 @@ def decode_png16(data: bytes, name: str = "depth", max_pixels: int = DEFAULT_MAX
     return values.astype(np.uint16)
 
 
-def _decode_depth_npy(data: bytes, name: str, max_pixels: int) -> np.ndarray:
-    """Check the .npy header (shape, dtype) before reading the payload; never unpickle."""
+def _decode_depth_npy(data: bytes, name: str, max_pixels: int, max_bytes: int) -> np.ndarray:
+    """Check the .npy header (shape, dtype, payload length) before reading the payload; never unpickle."""
     stream = io.BytesIO(data)
     try:
         version = np.lib.format.read_magic(stream)
@@ -235,8 +266,13 @@ def _decode_depth_npy(data: bytes, name: str, max_pixels: int) -> np.ndarray:
         raise InputError(f"{name}: corrupt .npy header ({error})") from error
     if dtype.hasobject:
         raise InputError(f"{name}: .npy holds Python objects (dtype {dtype}); expected a numeric depth array")
-    if len(shape) >= 2:
-        _check_pixels(shape[1], shape[0], max_pixels, name)
+    if len(shape) not in (2, 3):
+        raise InputError(f"{name}: .npy array has shape {shape}; expected HxW depth or HxWx3 xyz")
+    _check_pixels(shape[1], shape[0], max_pixels, name)
+    _check_decoded_bytes(shape, dtype.itemsize, max_bytes, name)
+    declared, held = math.prod(shape) * dtype.itemsize, len(data) - stream.tell()
+    if held < declared:
+        raise InputError(f"{name}: truncated .npy: its header declares {declared} bytes, it holds {held}")
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as error:  # noqa: BLE001 - truncated payloads raise ValueError/EOFError/OSError
@@ -244,27 +280,34 @@ def _decode_depth_npy(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     return _depth_from_array(np.asarray(array), name, ".npy array")
 
 
-def decode_depth(data: bytes, name: str = "depth", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_depth(
+    data: bytes,
+    name: str = "depth",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_DEPTH_BYTES,
+) -> np.ndarray:
     """Depth bytes -> float32 HxW z with NaN where invalid.
 
     Reads float TIFF (HxW z, or HxWx3 xyz with (0,0,0) = missing, MVTec 3D-AD), 16-bit greyscale PNG
     (raw units, 0 = missing) and .npy (HxW or HxWx3, float or integer). Zero, negative and
     non-finite z are invalid. 8-bit images are refused: 256 levels cannot describe a surface.
+    What a file decodes to is checked against `max_bytes` from its header, before decoding.
     """
     _check_not_empty(data, name)
     data = bytes(data)
     fmt = sniff_format(data)
     if fmt == "tiff":
-        return _decode_depth_tiff(data, name, max_pixels)
+        return _decode_depth_tiff(data, name, max_pixels, max_bytes)
     if fmt == "png":
         return _depth_from_array(decode_png16(data, name, max_pixels), name, "PNG")
     if fmt == "npy":
-        return _decode_depth_npy(data, name, max_pixels)
+        return _decode_depth_npy(data, name, max_pixels, max_bytes)
     raise UnsupportedMediaError(f"{name}: depth must be a float TIFF, a 16-bit PNG or a .npy array")
 
 
-def _read_bytes(path: Path | str) -> bytes:
+def _read_bytes(path: Path | str, kind: str, max_pixels: int, max_depth_bytes: int) -> bytes:
     try:
+        check_file_size(Path(path).stat().st_size, kind, str(path), max_pixels, max_depth_bytes)
         return Path(path).read_bytes()
     except FileNotFoundError as error:
         raise InputError(f"{path}: file does not exist") from error
@@ -276,11 +319,15 @@ def _read_bytes(path: Path | str) -> bytes:
 
 def read_rgb(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """`decode_rgb` for a file on disk; errors name the path."""
-    return decode_rgb(_read_bytes(path), name=str(path), max_pixels=max_pixels)
+    data = _read_bytes(path, "rgb", max_pixels, DEFAULT_MAX_DEPTH_BYTES)
+    return decode_rgb(data, name=str(path), max_pixels=max_pixels)
 
 
 def read_depth(
-    path: Path | str, depth_range: tuple[float, float] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: Path | str,
+    depth_range: tuple[float, float] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_DEPTH_BYTES,
 ) -> np.ndarray:
     """`decode_depth` for a file on disk; errors name the path.
 
@@ -288,9 +335,9 @@ def read_depth(
     png / 65535 * (max - min) + min, and every pixel is kept: Eyecandies renders have no dropouts and
     0 there is a real depth (the nearest point), not a missing one.
     """
-    data = _read_bytes(path)
+    data = _read_bytes(path, "depth", max_pixels, max_bytes)
     if depth_range is None:
-        return decode_depth(data, name=str(path), max_pixels=max_pixels)
+        return decode_depth(data, name=str(path), max_pixels=max_pixels, max_bytes=max_bytes)
     low, high = (float(v) for v in depth_range)
     if not (np.isfinite(low) and np.isfinite(high) and high > low):
         raise InputError(f"{path}: depth range {depth_range} must be two finite numbers with min < max")
@@ -313,4 +360,5 @@ def check_same_size(rgb: np.ndarray, depth: np.ndarray | None, name: str) -> Non
 
 def read_mask(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """A ground-truth mask image (8-bit, 0 = normal) -> bool HxW, True where any channel is positive."""
-    return decode_rgb(_read_bytes(path), name=str(path), max_pixels=max_pixels).max(axis=2) > 0
+    data = _read_bytes(path, "rgb", max_pixels, DEFAULT_MAX_DEPTH_BYTES)
+    return decode_rgb(data, name=str(path), max_pixels=max_pixels).max(axis=2) > 0

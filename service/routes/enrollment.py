@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from iumad.settings import Settings
 from model.errors import ConflictError, IumadError
 from service.auth import require_operator
-from service.errors import ServiceUnavailableError, error_response
+from service.errors import ServiceUnavailableError, disk_full_is_503, error_response
 from service.lineage import redis_or_503, require_lineage
 from service.metrics import ENROLMENT_UPLOADS
 from service.schemas import OBJECT_NAME_PATTERN
@@ -317,12 +317,14 @@ async def _enroll(request: Request, state: AppState) -> JSONResponse:
     job_id = new_job_id()
     work = settings.data_dir / "uploads" / job_id
     try:
-        form = await receive_multipart(request, work / "parts", settings.max_archive_members)
+        with disk_full_is_503("receive the samples"):
+            form = await receive_multipart(request, work / "parts", settings.max_archive_members)
         options = _options(form)
         with redis_or_503("enrol"):
             await run_in_threadpool(_reserve, jobs, options.object, job_id)
         try:
-            record, stored = await _ingest_and_submit(form, work, options, job_id, state)
+            with disk_full_is_503("store the samples"):
+                record, stored = await _ingest_and_submit(form, work, options, job_id, state)
         except BaseException:
             with contextlib.suppress(RedisError):
                 await run_in_threadpool(jobs.release, options.object, job_id)

@@ -27,13 +27,13 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
-from model.data.decode import check_same_size, decode_depth, decode_rgb
+from model.data.decode import check_file_size, check_same_size, decode_depth, decode_rgb
 from model.errors import IumadError, UnsupportedMediaError
 from model.inference import InspectionInput, InspectionModel, PreparedBatch
 from model.network.anomaly_map import resize_map
 from service.auth import require_inspect
 from service.decision_log import DecisionRecord, utc_now_iso
-from service.errors import NothingEnrolledError, NotReadyError
+from service.errors import NothingEnrolledError, NotReadyError, disk_full_is_503
 from service.masks import encode_anomaly_map, encode_mask_png, encode_mask_rle
 from service.metrics import INSPECT_ERRORS, INSPECT_LATENCY, INSPECTIONS, STAGE_LATENCY
 from service.request_context import current_request_id, new_request_id
@@ -165,17 +165,22 @@ def _decode(
     object_name: str | None,
     runtime: ModelRuntime,
     max_pixels: int,
+    max_depth_bytes: int,
     keep_files: bool,
 ) -> _Decoded:
+    rgb_name = f"rgb {rgb_file.filename!r}"
+    check_file_size(rgb_file.size or 0, "rgb", rgb_name, max_pixels, max_depth_bytes)
     rgb_file.file.seek(0)
     rgb_bytes = rgb_file.file.read()
-    rgb = decode_rgb(rgb_bytes, name=f"rgb {rgb_file.filename!r}", max_pixels=max_pixels)
+    rgb = decode_rgb(rgb_bytes, name=rgb_name, max_pixels=max_pixels)
     depth = None
     depth_bytes = None
     if depth_file is not None:
+        depth_name = f"depth {depth_file.filename!r}"
+        check_file_size(depth_file.size or 0, "depth", depth_name, max_pixels, max_depth_bytes)
         depth_file.file.seek(0)
         depth_bytes = depth_file.file.read()
-        depth = decode_depth(depth_bytes, name=f"depth {depth_file.filename!r}", max_pixels=max_pixels)
+        depth = decode_depth(depth_bytes, name=depth_name, max_pixels=max_pixels, max_bytes=max_depth_bytes)
         check_same_size(rgb, depth, "rgb and depth")
     item = InspectionInput(rgb=rgb, depth=depth, object=object_name)
     files = None
@@ -294,7 +299,8 @@ async def _admitted_inspect(
     request: Request, state: AppState, model: InspectionModel, admission: Admission, started: float
 ) -> InspectResponse:
     runtime = state.runtime
-    form = await read_inspection_form(request, max_files=4, max_fields=16)
+    with disk_full_is_503("receive the images"):
+        form = await read_inspection_form(request, max_files=4, max_fields=16)
     try:
         rgb_file, depth_file, options = _parse_options(form)
         if options.object is not None:
@@ -310,6 +316,7 @@ async def _admitted_inspect(
             options.object,
             runtime,
             settings.max_image_pixels,
+            settings.max_depth_bytes,
             settings.keep_rejected_images,
         )
         decoded_at = time.perf_counter()
