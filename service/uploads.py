@@ -27,7 +27,6 @@ from starlette.datastructures import FormData, UploadFile
 
 from model.errors import InputError, PayloadTooLargeError, UnsupportedMediaError
 
-
 WRITE_BATCH_BYTES = 1 << 20
 MAX_FIELD_BYTES = 64 * 1024
 MAX_FIELDS = 64
