@@ -23,6 +23,7 @@ from model.errors import CheckpointError
 from service.cross_site import CrossSiteGuard
 from service.decision_log import DecisionLog
 from service.errors import ServiceUnavailableError, install_error_handlers
+from service.executors import background_processes
 from service.follower import VersionFollower
 from service.job_metrics import JobMetrics
 from service.limits import UploadLimitMiddleware
@@ -96,6 +97,7 @@ def start_state(settings: Settings, redis: Any | None = None) -> AppState:
         thresholds=open_threshold_store(settings.data_dir, redis),
         decisions=decisions,
         decode_pool=ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="iumad-decode"),
+        ingest_pool=background_processes(settings.max_concurrent_enrolments),
         redis=redis,
     )
     if redis is not None:
@@ -129,6 +131,7 @@ def stop_state(state: AppState) -> None:
         service.stop()
     state.runtime.close(state.settings.drain_timeout_s)
     state.decode_pool.shutdown(wait=True)
+    state.ingest_pool.shutdown()
     state.decisions.close()
 
 

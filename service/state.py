@@ -19,6 +19,7 @@ from iumad.settings import Settings
 from model.errors import CheckpointError
 from service.decision_log import DecisionLog
 from service.errors import NotReadyError, ServiceUnavailableError
+from service.executors import BackgroundProcesses
 from service.recent import RecentInspections
 from service.runtime import ModelRuntime
 from service.thresholds import ThresholdStore
@@ -35,6 +36,7 @@ class AppState:
     thresholds: ThresholdStore
     decisions: DecisionLog
     decode_pool: ThreadPoolExecutor
+    ingest_pool: BackgroundProcesses  # enrolment ingest, at the lowest CPU priority
     redis: Any | None = None  # a redis.Redis client (queue, registry, events); None = no enrolment
     registry: ModelRegistry | None = None  # the active pointer and versions (Redis + models_dir)
     jobs: JobStore | None = None  # enrolment job records

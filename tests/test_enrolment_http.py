@@ -11,6 +11,7 @@ import io
 import tarfile
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from service_support import build_version, png_bytes, service_settings, tiff_byt
 from iumad.settings import Settings
 from service.app import create_app
 from service.embedded import RedisServerProcess, free_port
+from service.executors import BackgroundProcesses
 from service.lineage import connect_redis
 from workers.job_store import JobStore
 from workers.registry import ModelRegistry
@@ -536,7 +538,11 @@ def test_a_full_disk_during_an_enrolment_is_503_and_leaves_nothing_behind(
     client: TestClient, settings: Settings, redis: Redis, monkeypatch, where: str, archive
 ) -> None:
     monkeypatch.setattr(where, _disk_full)
+    # Ingest runs in the gateway's ingest processes, out of a monkeypatch's reach: run it here instead.
+    in_this_process = BackgroundProcesses(lambda: ThreadPoolExecutor(1))
+    monkeypatch.setattr(client.app.state.iumad, "ingest_pool", in_this_process)
     response = client.post("/enroll-object", data={"object": "part"}, files={"archive": archive})
+    in_this_process.shutdown()
     assert response.status_code == 503, response.text
     assert response.headers["retry-after"] == "60"
     error = response.json()["error"]

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from tiny_model import TINY_CONFIG, sample_source, train_tiny
+from tiny_model import TINY_CONFIG, assert_same_prediction, sample_source, train_tiny
 
 from model.export import OnnxInspectionModel, export_onnx
 from model.inference import InspectionInput, InspectionModel
@@ -110,9 +110,7 @@ def test_onnx_runs_each_part_through_its_objects_adapters(base_and_child, tmp_pa
     rgb, depth = sample_source(9)()
     parts = [InspectionInput(rgb, depth, name) for name in ("alpha", "gamma", None)]
     for ours, theirs in zip(model.predict(parts), onnx.predict(parts), strict=True):
-        assert ours.object == theirs.object
-        assert abs(ours.raw_score - theirs.raw_score) <= 1e-4 * max(1.0, abs(ours.raw_score))
-        np.testing.assert_allclose(theirs.anomaly_map, ours.anomaly_map, atol=1e-4, rtol=1e-3)
+        assert_same_prediction(ours, theirs)
 
 
 def test_presets_are_named_and_checked():

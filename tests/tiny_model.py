@@ -51,3 +51,11 @@ def train_tiny(
     return train_version(
         tiny_objects(names, depth=depth), parent=parent, config=config, options=options, **kwargs
     )
+
+
+def assert_same_prediction(ours, theirs, tolerance: float = 1e-4) -> None:
+    """ONNX parity: map and score agree to `tolerance` of their own scale (float32 sums of ~15-unit terms)."""
+    assert ours.object == theirs.object and ours.modalities == theirs.modalities
+    assert abs(ours.raw_score - theirs.raw_score) <= tolerance * max(1.0, abs(ours.raw_score))
+    scale = max(1.0, float(np.abs(ours.anomaly_map).max()))
+    np.testing.assert_allclose(theirs.anomaly_map, ours.anomaly_map, atol=tolerance * scale, rtol=1e-3)

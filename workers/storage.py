@@ -81,6 +81,10 @@ class SamplesRejectedError(InputError):
         super().__init__(message)
         self.rejects = rejects
 
+    def __reduce__(self) -> tuple[type, tuple[str, list[RejectedFile]]]:
+        """Crosses from the ingest process to the gateway whole (the default drops `rejects`)."""
+        return (type(self), (str(self), self.rejects))
+
 
 @dataclass(frozen=True)
 class RejectedFile:
@@ -724,4 +728,48 @@ def ingest_archive(
     files = extract_archive(archive, root, limits)
     return ingest_folder(
         root, object_name, enrolment_id, samples_dir, holdout_fraction, limits, options, files
+    )
+
+
+@dataclass(frozen=True)
+class UploadedSamples:
+    """What an enrolment upload left on disk, for `ingest_upload`: plain data, as it is sent to the
+    gateway's ingest process."""
+
+    object_name: str
+    enrolment_id: str
+    work_dir: Path
+    samples_dir: Path
+    holdout_fraction: float
+    limits: IngestLimits
+    archive: Path | None = None
+    files: tuple[tuple[str, Path], ...] = ()  # (the name the client gave, where it was received)
+
+
+def ingest_upload(upload: UploadedSamples) -> StoredEnrolment:
+    """An uploaded archive, or flat files, -> stored samples; raises (storing nothing) on any reject."""
+    if upload.archive is not None:
+        return ingest_archive(
+            upload.archive,
+            upload.work_dir,
+            upload.object_name,
+            upload.enrolment_id,
+            upload.samples_dir,
+            upload.holdout_fraction,
+            upload.limits,
+        )
+    folder = upload.work_dir / "files"
+    folder.mkdir(parents=True, exist_ok=True)
+    for filename, received in upload.files:
+        target = folder / check_upload_name(filename)
+        if target.exists():
+            raise ValidationError(f"file {filename!r} was sent twice")
+        received.rename(target)
+    return ingest_folder(
+        folder,
+        upload.object_name,
+        upload.enrolment_id,
+        upload.samples_dir,
+        upload.holdout_fraction,
+        upload.limits,
     )

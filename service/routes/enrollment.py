@@ -31,7 +31,6 @@ from service.metrics import ENROLMENT_UPLOADS
 from service.schemas import OBJECT_NAME_PATTERN
 from service.state import AppState, get_state
 from service.uploads import ReceivedForm, receive_multipart
-from workers import storage
 from workers.job_store import JobRecord, JobStore
 from workers.jobs import new_job_id, submit_enrolment
 from workers.registry import ModelRegistry
@@ -39,9 +38,8 @@ from workers.storage import (
     IngestLimits,
     SamplesRejectedError,
     StoredEnrolment,
-    check_upload_name,
-    ingest_archive,
-    ingest_folder,
+    UploadedSamples,
+    ingest_upload,
 )
 
 log = logging.getLogger(__name__)
@@ -189,7 +187,8 @@ async def _ingest_and_submit(
     settings = state.settings
     with redis_or_503("enrol"):
         await run_in_threadpool(_check_conflicts, registry, jobs, options)
-    stored = await run_in_threadpool(_ingest, form, work, options, job_id, settings)
+    upload = _uploaded_samples(form, work, options, job_id, settings)
+    stored = await state.ingest_pool.run(ingest_upload, upload)
     job_options = {
         "holdout_fraction": options.holdout_fraction,
         "target_false_reject_rate": options.target_false_reject_rate,
@@ -225,30 +224,19 @@ def _check_conflicts(registry: ModelRegistry, jobs: JobStore, options: EnrolOpti
         )
 
 
-def _ingest(
+def _uploaded_samples(
     form: ReceivedForm, work: Path, options: EnrolOptions, job_id: str, settings: Settings
-) -> StoredEnrolment:
-    limits = IngestLimits.from_settings(settings)
+) -> UploadedSamples:
     archives = form.files_of("archive")
-    if archives:
-        return ingest_archive(
-            archives[0].path,
-            work,
-            options.object,
-            job_id,
-            settings.samples_dir,
-            options.holdout_fraction,
-            limits,
-        )
-    folder = work / "files"
-    folder.mkdir(parents=True, exist_ok=True)
-    for received in form.files_of("files"):
-        target = folder / check_upload_name(received.filename)
-        if target.exists():
-            raise storage.ValidationError(f"file {received.filename!r} was sent twice")
-        received.path.rename(target)
-    return ingest_folder(
-        folder, options.object, job_id, settings.samples_dir, options.holdout_fraction, limits
+    return UploadedSamples(
+        object_name=options.object,
+        enrolment_id=job_id,
+        work_dir=work,
+        samples_dir=settings.samples_dir,
+        holdout_fraction=options.holdout_fraction,
+        limits=IngestLimits.from_settings(settings),
+        archive=archives[0].path if archives else None,
+        files=tuple((received.filename, received.path) for received in form.files_of("files")),
     )
 
 

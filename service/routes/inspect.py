@@ -11,14 +11,10 @@ Stages and where they run: decode + preprocess in the decode pool, the model in 
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import logging
 import time
-from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -34,6 +30,7 @@ from model.network.anomaly_map import resize_map
 from service.auth import require_inspect
 from service.decision_log import DecisionRecord, utc_now_iso
 from service.errors import NothingEnrolledError, NotReadyError, disk_full_is_503
+from service.executors import in_pool
 from service.masks import encode_anomaly_map, encode_mask_png, encode_mask_rle
 from service.metrics import INSPECT_ERRORS, INSPECT_LATENCY, INSPECTIONS, STAGE_LATENCY
 from service.request_context import current_request_id, new_request_id
@@ -45,8 +42,6 @@ from service.uploads import read_inspection_form
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["inspect"])
-
-T = TypeVar("T")
 
 
 class InspectOptions(BaseModel):
@@ -101,12 +96,6 @@ class _Decoded:
     prepared: PreparedBatch
     files: dict[str, bytes] | None  # kept only to store a rejected part's images
     prepare_s: float  # resizing and depth preparation for the network (part of the decode stage)
-
-
-async def _in_pool(pool: Executor, function: Callable[..., T], *args: Any) -> T:
-    """Run blocking work in `pool` with the request's context (so its log lines carry the request id)."""
-    context = contextvars.copy_context()
-    return await asyncio.get_running_loop().run_in_executor(pool, context.run, function, *args)
 
 
 def _parse_options(form: FormData) -> tuple[UploadFile, UploadFile | None, InspectOptions]:
@@ -308,7 +297,7 @@ async def _admitted_inspect(
         request_id = current_request_id() or new_request_id()
         settings = state.settings
 
-        decoded = await _in_pool(
+        decoded = await in_pool(
             state.decode_pool,
             _decode,
             rgb_file,
@@ -329,7 +318,7 @@ async def _admitted_inspect(
             "infer": result.infer_s,
         }
         post_started = time.perf_counter()
-        response = await _in_pool(
+        response = await in_pool(
             state.decode_pool,
             _respond,
             state,
