@@ -92,11 +92,12 @@ class SteadyClient:
 
 
 def _ingest_processes(gateway: psutil.Process) -> list[psutil.Process]:
-    """The gateway's background (multiprocessing) children; not the embedded redis-server."""
+    """The gateway's ingest processes (spawned pool workers); not redis-server, not the resource
+    tracker."""
     found = []
     for child in gateway.children(recursive=True):
         try:
-            if "multiprocessing" in " ".join(child.cmdline()):
+            if "spawn_main" in " ".join(child.cmdline()):
                 found.append(child)
         except psutil.Error:
             pass
