@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -20,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from model.atomic_write import publish_directory
 from model.errors import CheckpointError
 from model.network.config import ModelConfig
 from model.network.iumad import IUMADNet
@@ -97,14 +97,6 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_version(
     net: IUMADNet, manifest: Manifest, directory: Path, extra_files: dict[str, Path] | None = None
 ) -> Path:
@@ -123,11 +115,7 @@ def save_version(
             shutil.copyfile(source, staging / name)
             manifest.files_sha256[name] = sha256_of(staging / name)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2))
-        for child in staging.iterdir():
-            _fsync(child)
-        _fsync(staging)
-        os.rename(staging, directory)
-        _fsync(directory.parent)
+        publish_directory(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -27,14 +27,15 @@ from service.executors import background_processes
 from service.follower import VersionFollower
 from service.job_metrics import JobMetrics
 from service.limits import UploadLimitMiddleware
-from service.lineage import connect_redis, make_job_store, make_registry
+from service.lineage import make_job_store, make_registry
 from service.request_context import RequestIdMiddleware
 from service.routes import dashboard, enrollment, health, inspect, jobs, models, objects
 from service.runtime import ModelRuntime
 from service.state import ACTIVE_FILE, AppState, find_active_version
 from service.thresholds import open_threshold_store
-from workers.job_store import RESERVATION_TTL_S
-from workers.storage import remove_idle_folders
+from store.connection import connect_redis
+from store.job_store import RESERVATION_TTL_S
+from store.samples import remove_idle_folders
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from model.errors import IumadError
 from service.runtime import ModelRuntime
-from workers.registry import ModelRegistry
+from store.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 

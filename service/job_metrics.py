@@ -14,7 +14,7 @@ import threading
 from redis.exceptions import RedisError
 
 from service.metrics import ENROLMENT_DURATION, JOBS
-from workers.job_store import STATES, JobStore
+from store.job_store import STATES, JobStore
 
 log = logging.getLogger(__name__)
 

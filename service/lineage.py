@@ -16,18 +16,10 @@ from redis.exceptions import RedisError
 
 from iumad.settings import Settings
 from service.errors import ServiceUnavailableError
-from workers.job_store import JobStore
-from workers.registry import ModelRegistry
+from store.job_store import JobStore
+from store.registry import ModelRegistry
 
 REDIS_RETRY_AFTER_S = 5
-
-
-def connect_redis(url: str, password: str | None = None) -> Redis:
-    """Short timeouts: a gateway must notice a dead Redis in about a second, not hang a request on it.
-    A password in the URL wins over `password` (redis-py's rule)."""
-    return Redis.from_url(
-        url, password=password, socket_connect_timeout=1.0, socket_timeout=3.0, health_check_interval=10
-    )
 
 
 def make_registry(redis: Redis, settings: Settings) -> ModelRegistry:

@@ -23,8 +23,8 @@ from service.executors import BackgroundProcesses
 from service.recent import RecentInspections
 from service.runtime import ModelRuntime
 from service.thresholds import ThresholdStore
-from workers.job_store import JobStore
-from workers.registry import ModelRegistry
+from store.job_store import JobStore
+from store.registry import ModelRegistry
 
 ACTIVE_FILE = "ACTIVE"
 

@@ -17,7 +17,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from service.embedded import RedisServerProcess, free_port
+from iumad.embedded import RedisServerProcess, free_port
 
 TINY_NETWORK = {"hidden_size": 32, "num_layers": 1, "num_heads": 4, "state_size": 4}
 

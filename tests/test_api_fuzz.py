@@ -18,8 +18,8 @@ from service_processes import start_redis
 from service_support import build_version, service_settings, wait_ready
 
 from service.app import create_app
-from service.lineage import connect_redis
-from workers.registry import ModelRegistry
+from store.connection import connect_redis
+from store.registry import ModelRegistry
 
 EXAMPLES_PER_OPERATION = 25
 

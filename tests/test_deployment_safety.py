@@ -15,10 +15,10 @@ from rq.exceptions import DeserializationError
 from rq.job import Job
 from service_processes import start_redis
 
+from iumad.embedded import UNIX_SOCKET_MAX, RedisServerProcess
 from iumad.settings import Settings, redacted_url
-from service.embedded import UNIX_SOCKET_MAX, RedisServerProcess
-from workers.job_store import JOB_SERIALIZER
-from workers.jobs import enqueue_enrolment
+from store.job_store import JOB_SERIALIZER
+from store.queue import enqueue_enrolment
 
 
 @pytest.fixture(scope="module")

@@ -35,10 +35,10 @@ from service_processes import (
     wait_until,
 )
 
+from iumad.embedded import RedisServerProcess
 from model.data.decode import read_depth, read_rgb
 from model.data.synthetic import write_synthetic_dataset
 from model.evaluation.metrics import image_auroc
-from service.embedded import RedisServerProcess
 from workers.forgetting_guard import paste_defect
 
 pytestmark = pytest.mark.slow

@@ -22,13 +22,13 @@ from rq import Queue
 from service_processes import mvtec_zip, start_redis
 from service_support import build_version, png_bytes, service_settings, tiff_bytes
 
+from iumad.embedded import RedisServerProcess, free_port
 from iumad.settings import Settings
 from service.app import create_app
-from service.embedded import RedisServerProcess, free_port
 from service.executors import BackgroundProcesses
-from service.lineage import connect_redis
-from workers.job_store import JobStore
-from workers.registry import ModelRegistry
+from store.connection import connect_redis
+from store.job_store import JobStore
+from store.registry import ModelRegistry
 
 OPERATOR, CAMERA = "operator-key", "camera-key"
 
@@ -396,7 +396,7 @@ def test_a_reservation_left_by_a_finished_job_gives_way(redis: Redis, settings: 
 
 
 def test_samples_of_jobs_that_ended_without_a_version_are_removed(redis: Redis, settings: Settings) -> None:
-    from workers.jobs import remove_unused_enrolments
+    from store.samples import remove_unused_enrolments
 
     jobs = JobStore(redis, settings.redis_key_prefix)
     folders = {}
@@ -413,7 +413,7 @@ def test_samples_of_jobs_that_ended_without_a_version_are_removed(redis: Redis, 
             redis.hset(jobs.key(job_id), "status", status)
     unknown = settings.samples_dir / "disc" / "no-record"
     unknown.mkdir()
-    removed = remove_unused_enrolments(settings, jobs)
+    removed = remove_unused_enrolments(settings.samples_dir, settings.models_dir, jobs)
     assert sorted(path.name for path in removed) == ["crashed", "killed"]
     assert folders["kept"].exists() and folders["open"].exists() and unknown.exists()
 
@@ -529,8 +529,8 @@ def _disk_full(*_args, **_kwargs) -> None:
     "where,archive",
     [
         ("service.uploads._DiskForm._write_file", ("a.zip", _zip(_pairs(6)))),
-        ("workers.storage._ByteBudget.copy", ("a.tar", _tar(_pairs(6)))),
-        ("workers.storage._fsync_path", ("a.zip", _zip(_pairs(6)))),
+        ("store.ingest._ByteBudget.copy", ("a.tar", _tar(_pairs(6)))),
+        ("store.samples.publish_directory", ("a.zip", _zip(_pairs(6)))),
     ],
     ids=["receiving the body", "extracting a tar", "storing the samples"],
 )

@@ -14,18 +14,15 @@ import tifffile
 from PIL import Image
 
 from model.errors import InputError
-from workers.storage import (
+from store.ingest import (
     ArchiveTooLargeError,
     IngestLimits,
     SamplesRejectedError,
     UnsafeArchiveError,
-    ValidationError,
-    check_object_name,
     ingest_archive,
     ingest_folder,
-    load_enrolment,
-    split_holdout,
 )
+from store.samples import EnrolmentInputError, check_object_name, load_enrolment, split_holdout
 
 LIMITS = IngestLimits(max_bytes=200 * 1024 * 1024, max_members=1000, max_ratio=100.0, min_samples=5)
 
@@ -137,7 +134,7 @@ def test_holdout_split_is_deterministic_and_keeps_two_for_training() -> None:
     assert split_holdout(20, 0.1, "disc") == split_holdout(20, 0.1, "disc")
     assert len(split_holdout(20, 0.1, "disc")) == 2
     assert len(split_holdout(3, 0.5, "disc")) == 1
-    with pytest.raises(ValidationError):
+    with pytest.raises(EnrolmentInputError):
         split_holdout(10, 0.9, "disc")
 
 
@@ -145,7 +142,7 @@ def test_holdout_split_is_deterministic_and_keeps_two_for_training() -> None:
     "name", ["", "Disc", "-disc", "a" * 65, "../x", "disc name", "dïsc", "disc\n", "disc\r"]
 )
 def test_bad_object_names(name: str) -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(EnrolmentInputError):
         check_object_name(name)
 
 
@@ -219,11 +216,11 @@ def test_total_size_and_member_count_limits(dirs, tmp_path: Path) -> None:
 def test_empty_and_non_archives(dirs, tmp_path: Path) -> None:
     work, samples = dirs
     empty_zip = _zip(tmp_path / "empty.zip", {})
-    with pytest.raises(ValidationError, match="no files"):
+    with pytest.raises(EnrolmentInputError, match="no files"):
         ingest_archive(empty_zip, work, "empty", "e1", samples, 0.1, LIMITS)
     zero = tmp_path / "zero.zip"
     zero.write_bytes(b"")
-    with pytest.raises(ValidationError, match="empty"):
+    with pytest.raises(EnrolmentInputError, match="empty"):
         ingest_archive(zero, tmp_path / "w2", "empty", "e1", samples, 0.1, LIMITS)
     text = tmp_path / "text.zip"
     text.write_bytes(b"not an archive at all")
@@ -275,7 +272,7 @@ def test_rgb_and_depth_of_different_sizes(dirs, tmp_path: Path) -> None:
 def test_too_few_samples(dirs, tmp_path: Path) -> None:
     work, samples = dirs
     archive = _zip(tmp_path / "few.zip", {f"{i:03d}.png": _png(_rgb(i)) for i in range(3)})
-    with pytest.raises(ValidationError, match="too few samples"):
+    with pytest.raises(EnrolmentInputError, match="too few samples"):
         ingest_archive(archive, work, "few", "e1", samples, 0.1, LIMITS)
     assert _nothing_stored(samples)
 
@@ -287,7 +284,7 @@ def test_failed_store_leaves_no_partial_enrolment(dirs, tmp_path: Path, monkeypa
     def broken_rename(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("workers.storage.os.rename", broken_rename)
+    monkeypatch.setattr("model.atomic_write.os.rename", broken_rename)
     with pytest.raises(OSError):
         ingest_archive(archive, work, "ok", "e1", samples, 0.1, LIMITS)
     assert _nothing_stored(samples)
@@ -297,7 +294,7 @@ def test_failed_store_leaves_no_partial_enrolment(dirs, tmp_path: Path, monkeypa
 @pytest.mark.parametrize("version", ["v1\n", "v1\r", "", "../v1", "v1/x", "v..1", "a" * 129, 3])
 def test_a_version_id_is_checked_whole(version) -> None:
     from model.errors import InputError
-    from workers.registry import check_version_name
+    from store.registry import check_version_name
 
     with pytest.raises(InputError, match="not a valid model version id"):
         check_version_name(version)
@@ -348,7 +345,7 @@ def test_a_tar_member_name_that_is_not_utf8_is_refused_by_name(dirs, tmp_path: P
         for info, data in [*members, (tarfile.TarInfo("good/notes-\xff.txt"), b"notes")]:
             info.size = len(data)
             bundle.addfile(info, io.BytesIO(data))
-    with pytest.raises(ValidationError, match=r"notes-\\udcff\.txt.*not valid UTF-8"):
+    with pytest.raises(EnrolmentInputError, match=r"notes-\\udcff\.txt.*not valid UTF-8"):
         ingest_archive(archive, work, "names", "e1", samples, 0.25, LIMITS)
     assert _nothing_stored(samples)
 
@@ -356,7 +353,7 @@ def test_a_tar_member_name_that_is_not_utf8_is_refused_by_name(dirs, tmp_path: P
 @pytest.mark.parametrize(
     ("raw", "flag_bits", "error", "match"),
     [
-        (b"good/\xff\xfe.txt", 0x800, ValidationError, "flagged UTF-8"),  # the flag says UTF-8; it is not
+        (b"good/\xff\xfe.txt", 0x800, EnrolmentInputError, "flagged UTF-8"),  # the flag says UTF-8; it is not
         (b"good/ab.txt", 0x1, UnsafeArchiveError, "encrypted"),
     ],
 )
@@ -382,7 +379,7 @@ def test_a_file_and_folder_of_one_name_or_an_overlong_name_is_refused(dirs, tmp_
     archive = (
         _zip(tmp_path / "clash.zip", members) if kind == "zip" else _tar(tmp_path / "clash.tar", members)
     )
-    with pytest.raises(ValidationError, match=match):
+    with pytest.raises(EnrolmentInputError, match=match):
         ingest_archive(archive, work, "clash", "e1", samples, 0.25, LIMITS)
 
 
@@ -431,7 +428,7 @@ def test_idle_leftover_folders_go_and_live_ones_stay(tmp_path: Path) -> None:
     import os
     import time
 
-    from workers.storage import remove_idle_folders
+    from store.samples import remove_idle_folders
 
     idle, live = tmp_path / "uploads" / "idle", tmp_path / "uploads" / "live"
     for folder in (idle, live):

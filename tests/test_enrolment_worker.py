@@ -18,13 +18,13 @@ import pytest
 from redis import Redis
 from service_processes import mvtec_zip, start_redis, start_worker, stop_process, tail, tiny_env, wait_until
 
+from iumad.embedded import RedisServerProcess
 from iumad.settings import Settings
 from model.checkpoint import read_manifest
-from service.embedded import RedisServerProcess
-from workers.job_store import JobRecord, JobStore
-from workers.jobs import new_job_id, submit_enrolment
-from workers.registry import ModelRegistry
-from workers.storage import IngestLimits, ingest_archive
+from store.ingest import IngestLimits, ingest_archive
+from store.job_store import JobRecord, JobStore
+from store.queue import new_job_id, submit_enrolment
+from store.registry import ModelRegistry
 
 pytestmark = pytest.mark.slow
 
@@ -214,14 +214,14 @@ def test_replace_rebuilds_from_stored_samples(stack: Stack, synthetic_root: Path
 
 
 def test_hard_cancel_kills_the_work_horse(stack: Stack, synthetic_root: Path) -> None:
-    from service.routes.jobs import _hard_cancel
+    from store.queue import hard_cancel
 
     worker = stack.start_worker(IUMAD_TRAIN_EPOCHS="100000")
     job_id = stack.enrol(synthetic_root, "disc", max_minutes=1.0)
     wait_until(lambda: stack.store.get(job_id).stage == "training", 60, 0.2, "training to start")
     horses = _children(worker.pid)
     # What the cancel route does when the grace period is over:
-    _hard_cancel(stack.store, stack.registry, stack.settings.samples_dir, job_id, 0.0)
+    hard_cancel(stack.store, stack.registry, stack.settings.samples_dir, job_id, 0.0)
     wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in horses), 15, 0.1, "the horse to die")
     record = stack.wait(job_id, 10)
     assert record.status == "canceled" and "killed" in record.message and "unchanged" in record.message

@@ -12,7 +12,7 @@ import pytest
 
 from service.errors import ServiceUnavailableError
 from service.executors import BACKGROUND_NICENESS, background_processes
-from workers.storage import RejectedFile, SamplesRejectedError
+from store.ingest import RejectedFile, SamplesRejectedError
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,9 @@ import httpx
 import pytest
 from service_processes import tail, wait_until
 
+from iumad.embedded import RedisServerProcess, free_port
 from iumad.settings import Settings
 from model.errors import IumadError
-from service.embedded import RedisServerProcess, free_port
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 

@@ -12,11 +12,11 @@ from redis import Redis
 from service_processes import start_redis
 from tiny_model import train_tiny
 
+from iumad.embedded import RedisServerProcess
 from model.checkpoint import save_version
 from model.errors import NotFoundError
-from service.embedded import RedisServerProcess
-from workers.job_store import JobStore
-from workers.registry import ModelRegistry, StaleActivationError
+from store.job_store import JobStore
+from store.registry import ModelRegistry, StaleActivationError
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_job_records_reconcile_a_silent_worker(redis: Redis) -> None:
     assert store.get("job-1").status == "queued"  # no rq job yet, but within the enqueue grace period
     from rq import Queue
 
-    from workers.job_store import JOB_SERIALIZER
+    from store.job_store import JOB_SERIALIZER
 
     Queue("test", connection=redis, serializer=JOB_SERIALIZER).enqueue("builtins.print", job_id="job-1")
     store.update("job-1", status="running", stage="training", heartbeat_at=0.0)
@@ -127,8 +127,8 @@ def test_job_records_reconcile_a_silent_worker(redis: Redis) -> None:
 
 
 def test_a_hard_cancel_after_its_activation_says_the_model_changed() -> None:
-    from service.routes.jobs import hard_cancel_message
-    from workers.registry import ActiveVersion
+    from store.queue import hard_cancel_message
+    from store.registry import ActiveVersion
 
     own = ActiveVersion("v7", 7, 0.0, "enrolled ring (job abc123)", previous="v6")
     other = ActiveVersion("v7", 7, 0.0, "enrolled ring (job zzz999)", previous="v6")

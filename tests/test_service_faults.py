@@ -33,9 +33,10 @@ from service_processes import (
     wait_until,
 )
 
+from iumad.embedded import EmbeddedServices, RedisServerProcess
 from model.data.synthetic import write_synthetic_dataset
-from service.embedded import EmbeddedServices, RedisServerProcess, wait_for_redis
-from workers.registry import ModelRegistry
+from store.connection import connect_redis, wait_for_redis
+from store.registry import ModelRegistry
 
 pytestmark = pytest.mark.slow
 
@@ -245,7 +246,7 @@ def test_redis_restart_while_serving(stack: Stack, synthetic: Path) -> None:
     assert not (stack.data / "samples" / "tile").exists()
 
     # Everything resumes without restarting our processes: enrol, train, activate, swap.
-    wait_for_redis(stack.redis_server.url)
+    wait_for_redis(connect_redis(stack.redis_server.url), timeout_s=10.0)
     job = _enrol(stack.url, synthetic, "tile")
     wait_until(lambda: stack.serving() == job["version"], 15, 0.1, "the gateway to serve the new version")
     assert stack.gateway.poll() is None and stack.worker.poll() is None

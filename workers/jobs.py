@@ -20,7 +20,6 @@ import signal
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -31,10 +30,10 @@ from redis.exceptions import RedisError as RedisClientError
 
 from iumad.settings import Settings, get_settings
 from model.errors import ConflictError, InputError, IumadError
-from workers.job_store import JOB_SERIALIZER, JobRecord, JobStore
-from workers.lineage_lock import LineageLock
-from workers.registry import ModelRegistry, StaleActivationError
-from workers.storage import StoredEnrolment, discard_enrolment, load_enrolment, sample_source
+from store.job_store import JobStore
+from store.lineage_lock import LINEAGE_LOCK_TTL_S, LineageLock, lineage_lock_key
+from store.registry import ModelRegistry, StaleActivationError
+from store.samples import StoredEnrolment, discard_enrolment, load_enrolment, sample_source
 
 if TYPE_CHECKING:
     from model.training.trainer import TrainingOptions
@@ -42,60 +41,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 2.0
-LINEAGE_LOCK_TTL_S = 20
 PR_SET_PDEATHSIG = 1
 # What the job keeps, after its training loop, for calibration, the forgetting guard, the ONNX export
 # and saving: a fixed part plus a share of the job's budget (measured: about 10-15 s for 250 pairs on
 # 2 cores; docs/BENCHMARKS.md, "Enrolment end to end").
 AFTER_TRAINING_RESERVE_S = 20.0
 AFTER_TRAINING_RESERVE_SHARE = 0.05
-
-
-def lineage_lock_key(settings: Settings) -> str:
-    return f"{settings.redis_key_prefix}:lineage-lock"
-
-
-def enqueue_enrolment(redis: Redis, settings: Settings, job_id: str, spec: dict[str, Any]) -> None:
-    """Put an enrolment on the queue with an explicit timeout (rq's default is three minutes)."""
-    from rq import Queue
-
-    queue = Queue(settings.queue_name, connection=redis, serializer=JOB_SERIALIZER)
-    queue.enqueue(
-        "workers.jobs.enroll_object",
-        spec,
-        job_id=job_id,
-        job_timeout=settings.job_timeout_s,
-        result_ttl=7 * 24 * 3600,
-        failure_ttl=30 * 24 * 3600,
-        description=f"enrol {spec['object']}",
-    )
-
-
-def new_job_id() -> str:
-    """Also the enrolment id: one job per enrolment, so samples and job share a name."""
-    return uuid.uuid4().hex
-
-
-def submit_enrolment(
-    redis: Redis, settings: Settings, stored: StoredEnrolment, replace: bool, options: dict[str, Any]
-) -> JobRecord:
-    """Record and enqueue the job for a stored enrolment (its id is the enrolment id)."""
-    store = JobStore(redis, settings.redis_key_prefix, settings.job_heartbeat_timeout_s)
-    job_id = stored.enrolment_id
-    spec = {
-        "object": stored.object,
-        "enrolment": f"{stored.object}/{stored.enrolment_id}",
-        "replace": replace,
-        **options,
-    }
-    record = store.create(job_id, stored.object, replace, stored.summary(), options)
-    try:
-        enqueue_enrolment(redis, settings, job_id, spec)
-    except BaseException:
-        with contextlib.suppress(RedisClientError):
-            store.delete(job_id)
-        raise
-    return record
 
 
 def die_with_parent() -> None:
@@ -138,7 +89,9 @@ class EnrolmentRun:
         self.object = spec["object"]
         self.store = JobStore(redis, settings.redis_key_prefix, settings.job_heartbeat_timeout_s)
         self.registry = ModelRegistry(redis, settings.models_dir, settings.redis_key_prefix)
-        self.lock = LineageLock(redis, lineage_lock_key(settings), job_id, LINEAGE_LOCK_TTL_S)
+        self.lock = LineageLock(
+            redis, lineage_lock_key(settings.redis_key_prefix), job_id, LINEAGE_LOCK_TTL_S
+        )
         self._holds_lock = False
         self.started = time.time()
         self.deadline = self.started + float(spec.get("max_minutes") or settings.enroll_max_minutes) * 60
@@ -502,44 +455,3 @@ def enroll_object(spec: dict[str, Any]) -> dict[str, Any]:
     if job is None:
         raise RuntimeError("enroll_object must run inside an rq worker")
     return EnrolmentRun(get_settings(), job.connection, job.id, spec).execute()
-
-
-def referenced_enrolments(models_dir: Path) -> set[str]:
-    """Every `<object>/<enrolment id>` a model version on disk was trained from (its lineage)."""
-    from model.checkpoint import read_manifest
-
-    referenced: set[str] = set()
-    for version in models_dir.iterdir() if models_dir.is_dir() else []:
-        if version.is_dir() and not version.name.startswith("."):
-            with contextlib.suppress(IumadError, OSError, ValueError):
-                samples = read_manifest(version).training.get("samples") or {}
-                referenced.update(str(value) for value in samples.values())
-    return referenced
-
-
-def remove_unused_enrolments(settings: Settings, store: JobStore) -> list[Path]:
-    """Delete stored samples that no version uses and whose job ended without one (failed, canceled:
-    a job killed mid-way cannot clean up after itself). Samples of open or succeeded jobs stay."""
-    referenced = referenced_enrolments(settings.models_dir)
-    removed = []
-    for folder in settings.samples_dir.glob("*/*") if settings.samples_dir.is_dir() else []:
-        name = f"{folder.parent.name}/{folder.name}"
-        if not folder.is_dir() or folder.name.startswith(".") or name in referenced:
-            continue
-        record = store.get(folder.name, reconcile=False)
-        if record is not None and record.status in ("failed", "canceled"):
-            discard_enrolment(settings.samples_dir, folder.parent.name, folder.name)
-            removed.append(folder)
-    return removed
-
-
-def remove_stale_staging(models_dir: Path) -> list[Path]:
-    """Delete `.tmp-*` version directories left by a killed writer (call only while holding no job)."""
-    import shutil
-
-    removed = []
-    if models_dir.is_dir():
-        for path in models_dir.glob(".tmp-*"):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed

@@ -51,8 +51,8 @@ def prepare_services(settings: Settings) -> Services:
     """
     if settings.redis_url:
         return Services()
-    from service.embedded import EmbeddedServices
-    from service.lineage import connect_redis
+    from iumad.embedded import EmbeddedServices
+    from store.connection import connect_redis
 
     embedded = EmbeddedServices(settings.data_dir, start_worker=settings.embedded_worker)
     url = embedded.start()

@@ -31,16 +31,11 @@ from service.metrics import ENROLMENT_UPLOADS
 from service.schemas import OBJECT_NAME_PATTERN
 from service.state import AppState, get_state
 from service.uploads import ReceivedForm, receive_multipart
-from workers.job_store import JobRecord, JobStore
-from workers.jobs import new_job_id, submit_enrolment
-from workers.registry import ModelRegistry
-from workers.storage import (
-    IngestLimits,
-    SamplesRejectedError,
-    StoredEnrolment,
-    UploadedSamples,
-    ingest_upload,
-)
+from store.ingest import IngestLimits, SamplesRejectedError, UploadedSamples, ingest_upload
+from store.job_store import JobRecord, JobStore
+from store.queue import new_job_id, submit_enrolment
+from store.registry import ModelRegistry
+from store.samples import StoredEnrolment
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["enrolment"])

@@ -1,36 +1,28 @@
-"""Enrolment samples: safe archive extraction, pairing, validation, and durable storage on disk.
+"""Enrolment ingest: an upload's files -> validated sample pairs in the sample store.
 
-An enrolment arrives as a folder of uploaded files or as one archive (`.zip`, `.tar`, `.tar.gz`).
+Runs in the gateway's ingest processes (service/executors.py), before the job is queued, so a bad
+upload is refused at once with the reason. An enrolment arrives as a folder of uploaded files or as one archive (`.zip`, `.tar`, `.tar.gz`).
 Archives are extracted member by member with every limit checked before and while bytes are written:
 no path leaves the extraction folder, no links, and the member count, total size and compression
 ratio stay under the configured limits (zip bombs). Pairs are found by layout, every pair is decoded
-and size-checked, and only a fully valid enrolment is stored, under
-`samples_dir/<object>/<enrolment id>/{train,holdout}/{rgb,depth}/`, fsynced and renamed into place
-in one step, so a job never sees half an enrolment.
+and size-checked, and only a fully valid enrolment is stored (store/samples.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import json
 import os
 import re
-import shutil
 import tarfile
-import time
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-import numpy as np
-
-from iumad.names import is_object_name
 from model.data.decode import (
     DEFAULT_MAX_DEPTH_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -39,10 +31,16 @@ from model.data.decode import (
     read_rgb,
 )
 from model.errors import InputError, IumadError, UnsupportedMediaError
+from store.samples import (
+    EnrolmentInputError,
+    SamplePair,
+    StoredEnrolment,
+    check_object_name,
+    store_enrolment,
+)
 
 RGB_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 DEPTH_SUFFIXES = {".tif", ".tiff", ".npy"}
-ENROLMENT_FILE = "enrolment.json"
 COPY_CHUNK = 1 << 20
 # Below this many uncompressed bytes a high ratio is harmless (a few blank images compress 1000:1).
 RATIO_FLOOR_BYTES = 64 * 1024 * 1024
@@ -50,11 +48,6 @@ MAX_NAME_PART_BYTES = 255  # what file systems allow for one path component
 # GNU long-name and PAX headers are read whole by tarfile; real ones are a few hundred bytes.
 MAX_EXTENDED_HEADER_BYTES = 64 * 1024
 TAR_BLOCK = 512
-
-
-class ValidationError(InputError):
-    http_status = 422
-    code = "validation_error"
 
 
 class UnsafeArchiveError(InputError):
@@ -113,57 +106,14 @@ class IngestLimits:
         )
 
 
-@dataclass(frozen=True)
-class SamplePair:
-    """One normal sample: where its files are, and the name the operator gave it."""
-
-    key: str
-    rgb: Path
-    depth: Path | None
-
-
-@dataclass
-class StoredEnrolment:
-    object: str
-    enrolment_id: str
-    directory: Path
-    train: list[SamplePair]
-    holdout: list[SamplePair]
-    modalities: list[str]
-    width: int
-    height: int
-    skipped: list[str] = field(default_factory=list)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "object": self.object,
-            "enrolment_id": self.enrolment_id,
-            "train_samples": len(self.train),
-            "holdout_samples": len(self.holdout),
-            "modalities": self.modalities,
-            "image_size": [self.width, self.height],
-            "skipped": self.skipped[:50],
-            "skipped_count": len(self.skipped),
-        }
-
-
-def check_object_name(name: str) -> str:
-    if not is_object_name(name):
-        raise ValidationError(
-            f"object name {name!r} is invalid: use 1-64 characters a-z, 0-9, '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return name
-
-
 def _check_name_text(name: str, what: str) -> None:
     """Names end in JSON job records and on disk: valid UTF-8, and no component over 255 bytes."""
     try:
         encoded_parts = [part.encode("utf-8") for part in name.split("/")]
     except UnicodeEncodeError:
-        raise ValidationError(f"{what} {ascii(name)} has a name that is not valid UTF-8") from None
+        raise EnrolmentInputError(f"{what} {ascii(name)} has a name that is not valid UTF-8") from None
     if any(len(part) > MAX_NAME_PART_BYTES for part in encoded_parts):
-        raise ValidationError(
+        raise EnrolmentInputError(
             f"{what} {name[:80]!r}... has a name part longer than {MAX_NAME_PART_BYTES} bytes"
         )
 
@@ -197,7 +147,7 @@ def archive_kind(path: Path) -> str:
     if len(head) >= 262 and head[257:262] == b"ustar":
         return "tar"
     if not head:
-        raise ValidationError("the archive is empty (0 bytes)")
+        raise EnrolmentInputError("the archive is empty (0 bytes)")
     raise UnsupportedMediaError("the archive is not a .zip, .tar or .tar.gz file")
 
 
@@ -255,7 +205,7 @@ class _ByteBudget:
                 self.check()
                 out.write(chunk)
             if declared >= 0 and out.tell() != declared:
-                raise ValidationError(f"archive member {target.name!r} is truncated or corrupt")
+                raise EnrolmentInputError(f"archive member {target.name!r} is truncated or corrupt")
 
 
 def _target(dest: Path, relative: PurePosixPath) -> Path:
@@ -264,12 +214,12 @@ def _target(dest: Path, relative: PurePosixPath) -> Path:
         raise UnsafeArchiveError(f"archive member {relative} would be written outside the archive")
     for parent in reversed(target.relative_to(dest).parents[:-1]):
         if (dest / parent).is_file():
-            raise ValidationError(f"archive member {relative} is inside {parent}, which is also a file")
+            raise EnrolmentInputError(f"archive member {relative} is inside {parent}, which is also a file")
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.is_dir():
-        raise ValidationError(f"archive member {relative} is a file and also a folder")
+        raise EnrolmentInputError(f"archive member {relative} is a file and also a folder")
     if target.exists():
-        raise ValidationError(f"archive member {relative} appears twice")
+        raise EnrolmentInputError(f"archive member {relative} appears twice")
     return target
 
 
@@ -314,7 +264,9 @@ def _extract_zip(archive: Path, dest: Path, budget: _ByteBudget) -> Iterator[Pat
                     budget.copy(source, target, info.file_size)
                 yield target
     except UnicodeDecodeError as error:  # a name flagged UTF-8 that is not
-        raise ValidationError(f"a zip member's name is flagged UTF-8 but is not ({error.reason})") from error
+        raise EnrolmentInputError(
+            f"a zip member's name is flagged UTF-8 but is not ({error.reason})"
+        ) from error
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as error:
         message = _without_paths(error, archive, dest)
         raise InputError(f"the zip archive is corrupt or truncated ({message})") from error
@@ -390,7 +342,7 @@ def extract_archive(archive: Path, dest: Path, limits: IngestLimits) -> list[Pat
     extractor = _extract_zip if kind == "zip" else _extract_tar
     files = list(extractor(archive, dest, budget))
     if not files:
-        raise ValidationError("the archive contains no files")
+        raise EnrolmentInputError("the archive contains no files")
     return files
 
 
@@ -502,143 +454,6 @@ def validate_pairs(
 # ------------------------------------------------------------------------------------- storage
 
 
-def split_holdout(count: int, fraction: float, seed: str) -> set[int]:
-    """Deterministic holdout indices: the same samples and object always give the same split."""
-    if not 0.0 <= fraction <= 0.5:
-        raise ValidationError(f"holdout_fraction must be between 0 and 0.5, got {fraction}")
-    holdout = round(count * fraction)
-    if fraction > 0 and count >= 4:
-        holdout = max(1, holdout)
-    holdout = min(holdout, count - 2)  # training needs at least two samples
-    order = np.random.default_rng(zlib.crc32(seed.encode())).permutation(count)
-    return {int(index) for index in order[: max(0, holdout)]}
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _place(pair: SamplePair, folder: Path, index: int) -> SamplePair:
-    """Move one pair into the enrolment folder (same file system: a rename, no copy)."""
-    name = f"{index:04d}"
-    rgb = folder / "rgb" / f"{name}{pair.rgb.suffix.lower()}"
-    shutil.move(pair.rgb, rgb)
-    depth = None
-    if pair.depth is not None:
-        depth = folder / "depth" / f"{name}{pair.depth.suffix.lower()}"
-        shutil.move(pair.depth, depth)
-    return SamplePair(key=pair.key, rgb=rgb, depth=depth)
-
-
-def store_enrolment(
-    pairs: list[SamplePair],
-    size: tuple[int, int],
-    object_name: str,
-    enrolment_id: str,
-    samples_dir: Path,
-    holdout_fraction: float,
-    skipped: list[str] | None = None,
-    options: dict[str, Any] | None = None,
-) -> StoredEnrolment:
-    """Write the enrolment durably (fsync, then one rename) and return where everything is."""
-    final = Path(samples_dir) / object_name / enrolment_id
-    staging = final.parent / f".staging-{enrolment_id}"
-    holdout_indices = split_holdout(len(pairs), holdout_fraction, object_name)
-    try:
-        for split in ("train", "holdout"):
-            for role in ("rgb", "depth"):
-                (staging / split / role).mkdir(parents=True, exist_ok=True)
-        train, holdout = [], []
-        for index, pair in enumerate(pairs):
-            if index in holdout_indices:
-                holdout.append(_place(pair, staging / "holdout", len(holdout)))
-            else:
-                train.append(_place(pair, staging / "train", len(train)))
-        stored = StoredEnrolment(
-            object=object_name,
-            enrolment_id=enrolment_id,
-            directory=final,
-            train=train,
-            holdout=holdout,
-            modalities=["rgb", "depth"] if pairs[0].depth else ["rgb"],
-            width=size[0],
-            height=size[1],
-            skipped=list(skipped or []),
-        )
-        record = {
-            **stored.summary(),
-            "created": time.time(),
-            "options": options or {},
-            "train": [_pair_record(pair, staging) for pair in train],
-            "holdout": [_pair_record(pair, staging) for pair in holdout],
-        }
-        (staging / ENROLMENT_FILE).write_text(json.dumps(record, indent=1))
-        for directory, _folders, names in os.walk(staging):
-            for name in names:
-                _fsync_path(Path(directory) / name)
-            _fsync_path(Path(directory))
-        os.rename(staging, final)
-        _fsync_path(final.parent)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    stored.train = [_moved(pair, staging, final) for pair in train]
-    stored.holdout = [_moved(pair, staging, final) for pair in holdout]
-    return stored
-
-
-def _pair_record(pair: SamplePair, base: Path) -> dict[str, str | None]:
-    return {
-        "key": pair.key,
-        "rgb": pair.rgb.relative_to(base).as_posix(),
-        "depth": pair.depth.relative_to(base).as_posix() if pair.depth else None,
-    }
-
-
-def _moved(pair: SamplePair, old: Path, new: Path) -> SamplePair:
-    return SamplePair(
-        key=pair.key,
-        rgb=new / pair.rgb.relative_to(old),
-        depth=new / pair.depth.relative_to(old) if pair.depth else None,
-    )
-
-
-def load_enrolment(directory: Path) -> StoredEnrolment:
-    """Read a stored enrolment back (the worker's side)."""
-    path = Path(directory) / ENROLMENT_FILE
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise InputError(f"stored enrolment {directory} is missing or unreadable ({error})") from error
-
-    def pairs(entries: list[dict[str, Any]]) -> list[SamplePair]:
-        return [
-            SamplePair(
-                key=entry["key"],
-                rgb=directory / entry["rgb"],
-                depth=directory / entry["depth"] if entry.get("depth") else None,
-            )
-            for entry in entries
-        ]
-
-    width, height = record["image_size"]
-    return StoredEnrolment(
-        object=record["object"],
-        enrolment_id=record["enrolment_id"],
-        directory=Path(directory),
-        train=pairs(record["train"]),
-        holdout=pairs(record["holdout"]),
-        modalities=record["modalities"],
-        width=width,
-        height=height,
-        skipped=record.get("skipped", []),
-    )
-
-
 def ingest_folder(
     root: Path,
     object_name: str,
@@ -655,7 +470,7 @@ def ingest_folder(
         files = [path for path in root.rglob("*") if path.is_file() and not path.is_symlink()]
     pairs, rejects, skipped = find_pairs(root, files)
     if not pairs and not rejects:
-        raise ValidationError(
+        raise EnrolmentInputError(
             "no RGB images found: send PNG/JPEG RGB files (and optional depth files) "
             "in MVTec 3D-AD layout (rgb/ + xyz/) or as pairs by stem"
         )
@@ -666,50 +481,13 @@ def ingest_folder(
             f"{len(rejects)} of the uploaded samples are invalid; nothing was stored", rejects
         )
     if len(pairs) < limits.min_samples:
-        raise ValidationError(
+        raise EnrolmentInputError(
             f"too few samples: {len(pairs)} valid pairs, at least {limits.min_samples} needed"
         )
     assert size is not None
     return store_enrolment(
         pairs, size, object_name, enrolment_id, samples_dir, holdout_fraction, skipped, options
     )
-
-
-def remove_idle_folders(folders: Iterable[Path], idle_s: float) -> list[Path]:
-    """Delete the folders in which nothing changed for `idle_s`: uploads and `.staging-*` folders a
-    killed gateway left behind (one still being written by a live gateway changes all the time)."""
-    removed = []
-    now = time.time()
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        newest = max((path.stat().st_mtime for path in folder.rglob("*")), default=folder.stat().st_mtime)
-        if now - max(newest, folder.stat().st_mtime) > idle_s:
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
-
-
-def discard_enrolment(samples_dir: Path, object_name: str, enrolment_id: str) -> None:
-    """Remove the samples of an enrolment no model version uses (its job failed or was canceled)."""
-    check_object_name(object_name)
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", enrolment_id):
-        raise ValidationError(f"{enrolment_id!r} is not an enrolment id")
-    folder = Path(samples_dir) / object_name
-    shutil.rmtree(folder / enrolment_id, ignore_errors=True)
-    with contextlib.suppress(OSError):  # the object's folder goes only when no enrolment is left
-        folder.rmdir()
-
-
-def sample_source(pair: SamplePair) -> Callable[[], tuple[np.ndarray, np.ndarray | None]]:
-    """A zero-argument loader, as the trainer wants (files are read only when needed)."""
-
-    def load() -> tuple[np.ndarray, np.ndarray | None]:
-        rgb = read_rgb(pair.rgb)
-        depth = read_depth(pair.depth) if pair.depth is not None else None
-        return rgb, depth
-
-    return load
 
 
 def ingest_archive(
@@ -763,7 +541,7 @@ def ingest_upload(upload: UploadedSamples) -> StoredEnrolment:
     for filename, received in upload.files:
         target = folder / check_upload_name(filename)
         if target.exists():
-            raise ValidationError(f"file {filename!r} was sent twice")
+            raise EnrolmentInputError(f"file {filename!r} was sent twice")
         received.rename(target)
     return ingest_folder(
         folder,

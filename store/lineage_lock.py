@@ -9,6 +9,14 @@ from __future__ import annotations
 
 from redis import Redis
 
+LINEAGE_LOCK_TTL_S = 20
+
+
+def lineage_lock_key(prefix: str) -> str:
+    """The one lock per deployment (`IUMAD_REDIS_KEY_PREFIX`): the key a worker checks at start-up."""
+    return f"{prefix}:lineage-lock"
+
+
 _REFRESH = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0

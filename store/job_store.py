@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from redis import Redis
 from rq.exceptions import NoSuchJobError
@@ -22,7 +22,8 @@ from rq.serializers import JSONSerializer
 # fetches a job and every worker that runs one. Jobs carry only JSON (a spec dict in, a result dict out).
 JOB_SERIALIZER = JSONSerializer
 
-STATES = ("queued", "running", "succeeded", "failed", "canceled", "needs_review")
+JobState = Literal["queued", "running", "succeeded", "failed", "canceled", "needs_review"]
+STATES: tuple[str, ...] = get_args(JobState)
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "needs_review"})
 JSON_FIELDS = ("timings", "metrics", "enrolment", "options", "guard")
 INDEX_LENGTH = 1000

@@ -21,14 +21,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from redis import Redis
 from redis.exceptions import RedisError
 
 from iumad.settings import redacted_url
 from model.errors import IumadError
+from store.connection import connect_redis, wait_for_redis
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +57,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def wait_for_redis(url: str, timeout_s: float = 10.0, gave_up: Callable[[], bool] | None = None) -> None:
-    """Ping until Redis answers; raise after `timeout_s`, or at once when `gave_up()` (its process died)."""
-    deadline = time.monotonic() + timeout_s
-    client = Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
-    try:
-        while True:
-            try:
-                client.ping()
-                return
-            except RedisError:
-                if time.monotonic() > deadline or (gave_up is not None and gave_up()):
-                    raise
-                time.sleep(0.05)
-    finally:
-        client.close()
 
 
 class RedisServerProcess:
@@ -180,7 +162,8 @@ class RedisServerProcess:
                 start_new_session=True,
             )
         try:
-            wait_for_redis(self.url, timeout_s, gave_up=lambda: self.process.poll() is not None)
+            with connect_redis(self.url) as client:
+                wait_for_redis(client, timeout_s, gave_up=lambda: self.process.poll() is not None)
         except RedisError as error:
             reason = self._failure_reason(error)
             self.stop()

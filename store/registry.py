@@ -12,6 +12,7 @@ disconnected replays what it missed (pub/sub would drop it), and reconcile again
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,3 +254,13 @@ class ModelRegistry:
             )
         versions.sort(key=lambda info: (info.created, info.version), reverse=True)
         return versions
+
+
+def remove_stale_staging(models_dir: Path) -> list[Path]:
+    """Delete `.tmp-*` version directories left by a killed writer (call only while holding no job)."""
+    removed = []
+    if models_dir.is_dir():
+        for path in models_dir.glob(".tmp-*"):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed

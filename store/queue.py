@@ -1,0 +1,153 @@
+"""The enrolment queue: submitting a stored enrolment as a job, and cancelling one.
+
+The gateway submits and cancels; the worker runs. Jobs are named by their function's dotted path
+(`ENROLMENT_JOB`), so the gateway never imports the training code. Cancel is cooperative first (the
+job checks a flag between batches and stops cleanly); a running job that has not stopped after a grace
+period has its work horse killed through rq. Either way the active model is untouched unless the job
+had already activated its version, and then the job's record says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
+
+from iumad.settings import Settings
+from model.errors import ConflictError, NotFoundError
+from store.job_store import JOB_SERIALIZER, JobRecord, JobStore
+from store.registry import ActiveVersion, ModelRegistry
+from store.samples import StoredEnrolment, discard_enrolment
+
+log = logging.getLogger(__name__)
+
+ENROLMENT_JOB = "workers.jobs.enroll_object"  # what a worker runs for a queued enrolment
+RESULT_TTL_S = 7 * 24 * 3600
+FAILURE_TTL_S = 30 * 24 * 3600
+
+
+def new_job_id() -> str:
+    """Also the enrolment id: one job per enrolment, so samples and job share a name."""
+    return uuid.uuid4().hex
+
+
+def enqueue_enrolment(redis: Redis, settings: Settings, job_id: str, spec: dict[str, Any]) -> None:
+    """Put an enrolment on the queue with an explicit timeout (rq's default is three minutes)."""
+    queue = Queue(settings.queue_name, connection=redis, serializer=JOB_SERIALIZER)
+    queue.enqueue(
+        ENROLMENT_JOB,
+        spec,
+        job_id=job_id,
+        job_timeout=settings.job_timeout_s,
+        result_ttl=RESULT_TTL_S,
+        failure_ttl=FAILURE_TTL_S,
+        description=f"enrol {spec['object']}",
+    )
+
+
+def submit_enrolment(
+    redis: Redis, settings: Settings, stored: StoredEnrolment, replace: bool, options: dict[str, Any]
+) -> JobRecord:
+    """Record and enqueue the job for a stored enrolment (its id is the enrolment id)."""
+    store = JobStore(redis, settings.redis_key_prefix, settings.job_heartbeat_timeout_s)
+    job_id = stored.enrolment_id
+    spec = {
+        "object": stored.object,
+        "enrolment": f"{stored.object}/{stored.enrolment_id}",
+        "replace": replace,
+        **options,
+    }
+    record = store.create(job_id, stored.object, replace, stored.summary(), options)
+    try:
+        enqueue_enrolment(redis, settings, job_id, spec)
+    except BaseException:
+        with contextlib.suppress(RedisError):
+            store.delete(job_id)
+        raise
+    return record
+
+
+def job_record(jobs: JobStore, job_id: str) -> JobRecord:
+    """A job's record, or 404."""
+    record = jobs.get(job_id)
+    if record is None:
+        raise NotFoundError(f"unknown job {job_id!r}; GET /jobs lists recent jobs")
+    return record
+
+
+def cancel_enrolment(
+    jobs: JobStore, registry: ModelRegistry, samples_dir: Path, job_id: str, grace_s: float
+) -> JobRecord:
+    """Cancel a queued job at once (and free its samples), or ask a running one to stop and kill its
+    work horse if it has not after `grace_s`. Returns the record as it stands now."""
+    record = job_record(jobs, job_id)
+    if record.finished:
+        raise ConflictError(f"job {job_id} already ended ({record.status})")
+    jobs.request_cancel(job_id)  # first, so a job starting right now sees it
+    if _dequeue(jobs.redis, job_id):
+        jobs.finish(job_id, "canceled", "canceled before it started; the active model is unchanged")
+        discard_enrolment(samples_dir, record.object, job_id)
+    else:
+        timer = threading.Timer(grace_s, hard_cancel, args=(jobs, registry, samples_dir, job_id, grace_s))
+        timer.daemon = True
+        timer.start()
+        log.info("job %s: cancel requested; killing it in %.0f s if it has not stopped", job_id, grace_s)
+    return job_record(jobs, job_id)
+
+
+def _dequeue(redis: Redis, job_id: str) -> bool:
+    """Take a job off the queue if it has not started; False when it runs (its flag will stop it)."""
+    try:
+        rq_job = Job.fetch(job_id, connection=redis, serializer=JOB_SERIALIZER)
+    except NoSuchJobError:
+        return True
+    if rq_job.get_status() not in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):
+        return False
+    try:
+        rq_job.cancel()
+    except InvalidJobOperation:  # it started meanwhile
+        return False
+    return True
+
+
+def hard_cancel(
+    jobs: JobStore, registry: ModelRegistry, samples_dir: Path, job_id: str, grace_s: float
+) -> None:
+    """Kill the work horse of a job that ignored the cancel flag (stuck in a long, uninterruptible step)."""
+    try:
+        record = jobs.get(job_id)
+        if record is None or record.finished:
+            return
+        with contextlib.suppress(InvalidJobOperation, NoSuchJobError):  # not executing (anymore)
+            send_stop_job_command(jobs.redis, job_id, serializer=JOB_SERIALIZER)
+        active = registry.active()
+        jobs.finish(job_id, "canceled", hard_cancel_message(active, job_id, grace_s))
+        if not _activated_by(active, job_id):  # no version uses its samples: the killed job cannot free them
+            discard_enrolment(samples_dir, record.object, job_id)
+        log.warning("job %s: killed after ignoring the cancel request for %.0f s", job_id, grace_s)
+    except RedisError as error:
+        log.error("job %s: cannot kill the job (%s); it will stop at its next cancel check", job_id, error)
+
+
+def hard_cancel_message(active: ActiveVersion | None, job_id: str, grace_s: float) -> str:
+    """What a kill did: the job may already have activated its version (its activation reason names
+    the job), and then the model did change."""
+    killed = f"canceled: the job did not stop within {grace_s:.0f} s and was killed"
+    if active is not None and _activated_by(active, job_id):
+        undo = f"; POST /models/{active.previous}/activate to go back" if active.previous else ""
+        return f"{killed} after it had activated version {active.version}, which is now serving{undo}"
+    return f"{killed}; the active model is unchanged"
+
+
+def _activated_by(active: ActiveVersion | None, job_id: str) -> bool:
+    return active is not None and active.reason.endswith(f"(job {job_id})")
