@@ -11,6 +11,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -47,6 +48,9 @@ def feature_extractor_for(
     return MultiScaleFeatures(shared_backbone(config.backbone, weights, device), config.feature_strides)
 
 
+ObjectSource = Literal["given", "predicted"]  # the client named the object, or the model chose it
+
+
 @dataclass
 class InspectionInput:
     rgb: np.ndarray  # uint8 (H, W, 3)
@@ -57,8 +61,8 @@ class InspectionInput:
 @dataclass
 class Prediction:
     object: str
-    object_source: str  # "given" | "predicted"
-    object_confidence: float  # the classifier's probability for `object`
+    object_source: ObjectSource
+    object_confidence: float  # the prototype softmax's probability for `object`
     predicted_object: str
     predicted_confidence: float
     raw_score: float
@@ -210,7 +214,8 @@ class InspectionModel:
         objects: Sequence[str | None],
     ) -> list[Prediction]:
         """Object choice, per-object normalisation, anomaly map and score (shared by every backend)."""
-        records, sources, confidences, predicted = [], [], [], []
+        records, confidences, predicted = [], [], []
+        sources: list[ObjectSource] = []
         for index, name in enumerate(objects):
             label = int(probabilities[index].argmax())
             best = self.by_label[label]

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from iumad.names import OBJECT_NAME_ANCHORED, VERSION_NAME_ANCHORED
+from model.inference import ObjectSource
 
 OBJECT_NAME_PATTERN = OBJECT_NAME_ANCHORED
 VERSION_PATTERN = VERSION_NAME_ANCHORED
@@ -57,8 +58,10 @@ class RleMask(BaseModel):
 class InspectResponse(BaseModel):
     request_id: str
     object: str = Field(description="The object the part was scored as.")
-    object_source: Literal["given", "predicted"]
-    object_confidence: float = Field(description="The label classifier's probability for `object`.")
+    object_source: ObjectSource
+    object_confidence: float = Field(
+        description="How surely `object` is this part's object: a softmax over the distances to each enrolled object's prototype."
+    )
     is_anomalous: bool = Field(description="raw_score > threshold (equivalently score > 0.5).")
     score: float = Field(description=SCORE_DESCRIPTION)
     raw_score: float = Field(description="Maximum of the pooled, normalised anomaly map (z-score-like).")

@@ -12,6 +12,12 @@ from model.training.losses import iumad_losses
 CHANNELS = 20
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same weights and inputs: a failure reproduces."""
+    torch.manual_seed(0)
+
+
 def _net(**overrides) -> IUMADNet:
     config = ModelConfig(image_size=64, hidden_size=32, num_layers=2, num_heads=4, state_size=4, **overrides)
     return IUMADNet(config, CHANNELS, CHANNELS + 4, num_classes=3)
@@ -113,8 +119,8 @@ def test_growing_keeps_old_logits_and_prototypes():
     after = net(*batch)
     torch.testing.assert_close(net.prototypes[:3], prototypes)
     assert net.num_classes == 5 and torch.all(net.prototype_spread[3:] == 0)
-    torch.testing.assert_close(after["layer_logits"]["depth"][0][:, :3], before["layer_logits"]["depth"][0])
-    assert after["logits_bottleneck"].shape[-1] == 5
+    torch.testing.assert_close(after.layer_logits["depth"][0][:, :3], before.layer_logits["depth"][0])
+    assert after.fusion is not None and after.fusion.logits_bottleneck.shape[-1] == 5
     with pytest.raises(ValueError):
         net.grow(4)
 

@@ -1,12 +1,13 @@
 """Every selective-scan implementation agrees with the float64 step-by-step recurrence."""
 
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from model.network import scan_extension
-from model.network.mamba_decoder import es2d_merge, es2d_split
 from model.network.selective_scan import (
     FusedScan,
     cuda_kernel_available,
@@ -104,8 +105,41 @@ def test_fused_kernel_passes_gradcheck():
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler on this machine")
-def test_fused_extension_builds_where_a_compiler_exists():
-    assert scan_extension.load_extension() is not None
+def test_install_builds_the_fused_extension_where_a_compiler_exists():
+    assert scan_extension.load_extension() is not None  # built by `make install` / the image build
+
+
+def test_a_forward_pass_never_compiles_the_extension(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("compiled on a forward pass")
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # nothing built there
+    monkeypatch.setattr(scan_extension, "build", refuse)
+    monkeypatch.setattr(scan_extension, "_module", None)
+    monkeypatch.setattr(scan_extension, "_attempted", False)
+    u, delta, A, B, C, D, z, bias = _inputs(length=7)
+    assert scan_extension.load_extension() is None
+    torch.testing.assert_close(
+        selective_scan(u, delta, A, B, C, D, z, bias, True),
+        selective_scan_reference(u, delta, A, B, C, D, z, bias, True),
+        atol=1e-4,
+        rtol=1e-4,
+    )
+
+
+def test_importing_the_model_changes_no_process_setting():
+    """Flushing subnormals is process state: importing must not set it; building a scanning layer does."""
+    check = (
+        "import torch, importlib, pkgutil, model.network as n\n"
+        "for m in pkgutil.iter_modules(n.__path__): importlib.import_module('model.network.' + m.name)\n"
+        "import model.inference, model.training.trainer\n"
+        "before = (torch.tensor([1e-39]) * 1.0).item() != 0.0\n"
+        "from model.network.s6 import SelectiveScan1D\n"
+        "SelectiveScan1D(8, 4)\n"
+        "print(before, (torch.tensor([1e-39]) * 1.0).item() == 0.0)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True", "True"], out.stderr
 
 
 @needs_fused
@@ -127,21 +161,6 @@ def test_cuda_kernel_matches_reference():
     result = selective_scan(*tensors[:7], tensors[7], True)
     reference = selective_scan_reference(*[t.cpu() for t in tensors[:7]], tensors[7].cpu(), True)
     torch.testing.assert_close(result.cpu(), reference, atol=1e-3, rtol=1e-3)
-
-
-@pytest.mark.parametrize("height,width", [(14, 14), (16, 16), (25, 25), (7, 10)])
-def test_es2d_split_and_merge_are_inverse(height, width):
-    grid = torch.randn(2, height, width, 3)
-    sequences, size = es2d_split(grid)
-    assert sequences.shape[0] == 8
-    torch.testing.assert_close(es2d_merge(sequences, size), grid)
-
-
-def test_es2d_sub_grids_are_interleaved_and_two_are_transposed():
-    grid = torch.arange(16.0).view(1, 4, 4, 1)
-    sequences, _ = es2d_split(grid)
-    assert sequences[0, :, 0].tolist() == [0, 2, 8, 10]  # rows 0,2 x cols 0,2, row-major
-    assert sequences[2, :, 0].tolist() == [1, 9, 3, 11]  # rows 0,2 x cols 1,3, column-major
 
 
 def test_hand_written_recurrence_backward_passes_gradcheck():

@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,11 +32,15 @@ from iumad.settings import Settings, get_settings
 from model.errors import ConflictError, InputError, IumadError
 from store.job_store import JobStore
 from store.lineage_lock import LINEAGE_LOCK_TTL_S, LineageLock, lineage_lock_key
-from store.registry import ModelRegistry, StaleActivationError
+from store.registry import ActiveVersion, ModelRegistry, StaleActivationError
 from store.samples import StoredEnrolment, discard_enrolment, load_enrolment, sample_source
 
 if TYPE_CHECKING:
-    from model.training.trainer import TrainingOptions
+    from model.checkpoint import Manifest
+    from model.inference import InspectionModel
+    from model.network.config import ModelConfig
+    from model.training.trainer import FeatureSet, ObjectSamples, TrainingOptions, TrainingResult
+    from workers.forgetting_guard import GuardReport
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,22 @@ def enrolment_training_options(settings: Settings, started: float, deadline: flo
 
 class JobCancelled(Exception):
     pass
+
+
+@dataclass
+class StepPlan:
+    """What one lineage step does, decided before any training."""
+
+    active: ActiveVersion | None  # the registry's pointer when the step started (for the sequence check)
+    parent: InspectionModel | None  # the active version the step starts from
+    train_parent: (
+        InspectionModel | None
+    )  # the parent an incremental step extends; None for a base step or a rebuild
+    config: ModelConfig  # the new version's network
+    objects: list[ObjectSamples]  # what this step learns
+    old_enrolments: dict[str, StoredEnrolment]  # the other objects' stored samples
+    lineage: dict[str, str]  # object -> "<object>/<enrolment id>" of every object in the new version
+    replacing: bool  # a rebuild of an enrolled object (replace=true)
 
 
 class EnrolmentRun:
@@ -210,27 +230,41 @@ class EnrolmentRun:
             raise JobCancelled(f"before {stage}")
 
     def _run_step(self) -> dict[str, Any]:
-        import torch
+        """One lineage step: plan, train, check for forgetting, save, then activate (or ask for review)."""
+        from model.checkpoint import new_version_id
+        from model.inference import InspectionModel
+        from model.training.trainer import TrainingCancelled
 
-        from model.checkpoint import new_version_id, save_version
-        from model.inference import InspectionModel, feature_extractor_for
-        from model.network.presets import preset_config
-        from model.training.trainer import (
-            ObjectSamples,
-            TrainingCancelled,
-            extract_features,
-            train_version,
-        )
-        from workers.forgetting_guard import run_forgetting_guard
+        self._limit_threads()
+        plan = self._plan()
+        self._checkpoint("training")
+        version = new_version_id()
+        try:
+            result = self._train(plan, version)
+            self._checkpoint("the forgetting guard")
+            candidate = InspectionModel(result.net, result.manifest)
+            guard = self._guard(plan, candidate)
+        except TrainingCancelled as error:
+            raise JobCancelled(str(error).removeprefix("canceled ")) from error
+        self._checkpoint("saving")
+        manifest = self._save(plan, result, candidate, guard, version)
+        return self._conclude(plan, manifest, guard, version)
+
+    def _limit_threads(self) -> None:
+        import torch
 
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
-        settings = self.settings
+
+    def _plan(self) -> StepPlan:
+        """Load the active version and the stored samples; decide what this step trains."""
+        from model.inference import InspectionModel
+
         started = time.perf_counter()
         self.report(0.01, "loading", "loading the active version and the stored samples")
         active = self.registry.active()
         parent = InspectionModel.load(self.registry.version_dir(active.version)) if active else None
-        enrolment = load_enrolment(settings.samples_dir / self.spec["enrolment"])
+        enrolment = load_enrolment(self.settings.samples_dir / self.spec["enrolment"])
         lineage = dict(parent.manifest.training.get("samples", {})) if parent is not None else {}
         replacing = parent is not None and self.object in parent.by_name
         if replacing and not self.spec.get("replace"):
@@ -240,121 +274,146 @@ class EnrolmentRun:
             )
         lineage[self.object] = self.spec["enrolment"]
         target_frr = float(self.spec.get("target_false_reject_rate", 0.01))
-        new = ObjectSamples(
-            self.object,
-            [sample_source(p) for p in enrolment.train],
-            [sample_source(p) for p in enrolment.holdout],
-            target_frr,
-        )
+        new = _object_samples(enrolment, target_frr)
         old_enrolments = self._old_enrolments(parent, lineage)
         if replacing:  # a rebuild: one base step over every object's stored samples
             assert parent is not None
-            missing = [name for name in parent.by_name if name != self.object and name not in old_enrolments]
-            if missing:
-                raise InputError(
-                    f"cannot replace {self.object!r}: objects {missing} have no stored samples "
-                    "to rebuild the model from"
-                )
-            new_objects = [
-                self._samples_of(old_enrolments[name], parent.object(name).target_false_reject_rate)
-                for name in parent.by_name
-                if name != self.object
-            ] + [new]
+            objects = self._rebuild_objects(parent, old_enrolments) + [new]
             train_parent, config = None, parent.config
         else:
-            new_objects = [new]
-            train_parent = parent
-            config = (
-                parent.config
-                if parent is not None
-                else preset_config(
-                    settings.network_preset,
-                    **{
-                        "backbone": settings.backbone,
-                        "image_size": settings.image_size,
-                        **settings.network_config,
-                    },
-                )
-            )
+            objects, train_parent = [new], parent
+            config = parent.config if parent is not None else self._new_config()
         self.timings["load_s"] = round(time.perf_counter() - started, 2)
-        self._checkpoint("training")
+        return StepPlan(active, parent, train_parent, config, objects, old_enrolments, lineage, replacing)
 
-        retained = {}
-        if train_parent is not None:
-            extractor = feature_extractor_for(config)
-            for name, stored in old_enrolments.items():
-                if stored.holdout and name in train_parent.by_name:
-                    retained[name] = extract_features(
-                        [sample_source(p) for p in stored.holdout],
-                        extractor,
-                        config.image_size,
-                        should_cancel=self.should_cancel,
-                    )
-        options = enrolment_training_options(settings, self.started, self.deadline)
-        version = new_version_id()
-        try:
-            result = train_version(
-                new_objects,
-                parent=train_parent,
-                config=config,
-                options=options,
-                retained_holdouts=retained,
-                progress=lambda fraction, stage, details: self.report(
-                    0.05 + 0.75 * fraction, stage, _describe(stage, details)
-                ),
-                should_cancel=self.should_cancel,
-                version=version,
+    def _rebuild_objects(
+        self, parent: InspectionModel, old_enrolments: dict[str, StoredEnrolment]
+    ) -> list[ObjectSamples]:
+        """Every other object of `parent`, from its stored samples (a rebuild needs them all)."""
+        missing = [name for name in parent.by_name if name != self.object and name not in old_enrolments]
+        if missing:
+            raise InputError(
+                f"cannot replace {self.object!r}: objects {missing} have no stored samples "
+                "to rebuild the model from"
             )
-            self.timings.update(result.manifest.training.get("timings", {}))
-            self._checkpoint("the forgetting guard")
-            candidate = InspectionModel(result.net, result.manifest)
-            guard = None
-            if parent is not None:
-                started = time.perf_counter()
-                guard_samples = {name: _guard_sources(stored) for name, stored in old_enrolments.items()}
-                guard = run_forgetting_guard(
-                    parent,
-                    candidate,
-                    guard_samples,
-                    settings.forgetting_margin,
-                    progress=lambda fraction, name: self.report(
-                        0.8 + 0.15 * fraction, "forgetting_guard", f"checked {name}"
-                    ),
-                    should_cancel=self.should_cancel,
-                )
-                self.timings["guard_s"] = round(time.perf_counter() - started, 2)
-                log.info("job %s: %s", self.job_id, guard.summary())
-        except TrainingCancelled as error:
-            raise JobCancelled(str(error).removeprefix("canceled ")) from error
-        self._checkpoint("saving")
+        return [
+            _object_samples(old_enrolments[name], parent.object(name).target_false_reject_rate)
+            for name in parent.by_name
+            if name != self.object
+        ]
+
+    def _new_config(self) -> ModelConfig:
+        """The network of a first enrolment: the settings' preset, backbone and size."""
+        from model.network.presets import preset_config
+
+        settings = self.settings
+        return preset_config(
+            settings.network_preset,
+            **{"backbone": settings.backbone, "image_size": settings.image_size, **settings.network_config},
+        )
+
+    def _retained_features(self, plan: StepPlan) -> dict[str, FeatureSet]:
+        """Backbone features of the old objects' held-out samples, which the incremental step keeps
+        reconstructing as before."""
+        from model.inference import feature_extractor_for
+        from model.training.trainer import extract_features
+
+        if plan.train_parent is None:
+            return {}
+        extractor = feature_extractor_for(plan.config)
+        return {
+            name: extract_features(
+                [sample_source(p) for p in stored.holdout],
+                extractor,
+                plan.config.image_size,
+                should_cancel=self.should_cancel,
+            )
+            for name, stored in plan.old_enrolments.items()
+            if stored.holdout and name in plan.train_parent.by_name
+        }
+
+    def _train(self, plan: StepPlan, version: str) -> TrainingResult:
+        from model.training.trainer import train_version
+
+        result = train_version(
+            plan.objects,
+            parent=plan.train_parent,
+            config=plan.config,
+            options=enrolment_training_options(self.settings, self.started, self.deadline),
+            retained_holdouts=self._retained_features(plan),
+            progress=lambda fraction, stage, details: self.report(
+                0.05 + 0.75 * fraction, stage, _describe(stage, details)
+            ),
+            should_cancel=self.should_cancel,
+            version=version,
+        )
+        self.timings.update(result.manifest.training.get("timings", {}))
+        return result
+
+    def _guard(self, plan: StepPlan, candidate: InspectionModel) -> GuardReport | None:
+        """The forgetting guard against the parent; None for a first enrolment."""
+        from workers.forgetting_guard import run_forgetting_guard
+
+        if plan.parent is None:
+            return None
+        started = time.perf_counter()
+        guard = run_forgetting_guard(
+            plan.parent,
+            candidate,
+            {name: _guard_sources(stored) for name, stored in plan.old_enrolments.items()},
+            self.settings.forgetting_margin,
+            progress=lambda fraction, name: self.report(
+                0.8 + 0.15 * fraction, "forgetting_guard", f"checked {name}"
+            ),
+            should_cancel=self.should_cancel,
+        )
+        self.timings["guard_s"] = round(time.perf_counter() - started, 2)
+        log.info("job %s: %s", self.job_id, guard.summary())
+        return guard
+
+    def _save(
+        self,
+        plan: StepPlan,
+        result: TrainingResult,
+        candidate: InspectionModel,
+        guard: GuardReport | None,
+        version: str,
+    ) -> Manifest:
+        """Write the version (and its ONNX graph unless gateways serve PyTorch) atomically."""
+        from model.checkpoint import save_version
 
         self.report(0.96, "saving", f"writing version {version}")
         started = time.perf_counter()
         manifest = result.manifest
-        manifest.training["samples"] = lineage
+        manifest.training["samples"] = plan.lineage
         manifest.training["job_id"] = self.job_id
-        if replacing:
+        if plan.replacing:
             manifest.training["kind"] = "rebuild"
-            manifest.parent = parent.version if parent is not None else None
+            manifest.parent = plan.parent.version if plan.parent is not None else None
         if guard is not None:
             manifest.metrics["forgetting_guard"] = guard.to_dict()
         with tempfile.TemporaryDirectory() as scratch:
             extra_files = {}
-            if settings.inference_backend != "torch":  # gateways never export on the hot path
+            if self.settings.inference_backend != "torch":  # gateways never export on the hot path
                 from model.checkpoint import ONNX_FILE
                 from model.export import export_onnx
 
                 self.report(0.96, "saving", f"exporting version {version} to ONNX")
                 extra_files[ONNX_FILE] = export_onnx(candidate, Path(scratch) / ONNX_FILE)
-            save_version(result.net, manifest, settings.models_dir / version, extra_files=extra_files)
+            save_version(result.net, manifest, self.settings.models_dir / version, extra_files=extra_files)
         self.timings["save_s"] = round(time.perf_counter() - started, 2)
-        metrics = _job_metrics(manifest, self.object)
-        guard_dict = guard.to_dict() if guard is not None else {"passed": True, "summary": "first enrolment"}
+        return manifest
+
+    def _conclude(
+        self, plan: StepPlan, manifest: Manifest, guard: GuardReport | None, version: str
+    ) -> dict[str, Any]:
+        """Activate the saved version, or leave it for review: a failed guard, a job that ended while
+        it ran, or an active model that changed meanwhile."""
         common = {
             "version": version,
-            "parent": parent.version if parent else None,
-            "metrics": metrics,
-            "guard": guard_dict,
+            "parent": plan.parent.version if plan.parent else None,
+            "metrics": _job_metrics(manifest, self.object),
+            "guard": guard.to_dict() if guard is not None else {"passed": True, "summary": "first enrolment"},
         }
         if guard is not None and not guard.passed:
             return self._finish(
@@ -379,7 +438,7 @@ class EnrolmentRun:
         try:
             self.registry.activate(
                 version,
-                expected_sequence=active.sequence if active else 0,
+                expected_sequence=plan.active.sequence if plan.active else 0,
                 reason=f"enrolled {self.object} (job {self.job_id})",
             )
         except StaleActivationError:
@@ -408,16 +467,17 @@ class EnrolmentRun:
                 log.warning("job %s: stored samples of %r unavailable (%s)", self.job_id, name, error)
         return stored
 
-    @staticmethod
-    def _samples_of(stored: StoredEnrolment, target_frr: float) -> Any:
-        from model.training.trainer import ObjectSamples
 
-        return ObjectSamples(
-            stored.object,
-            [sample_source(p) for p in stored.train],
-            [sample_source(p) for p in stored.holdout],
-            target_frr,
-        )
+def _object_samples(stored: StoredEnrolment, target_frr: float) -> ObjectSamples:
+    """A stored enrolment as the trainer takes it (files are read only when needed)."""
+    from model.training.trainer import ObjectSamples
+
+    return ObjectSamples(
+        stored.object,
+        [sample_source(p) for p in stored.train],
+        [sample_source(p) for p in stored.holdout],
+        target_frr,
+    )
 
 
 def _guard_sources(stored: StoredEnrolment) -> tuple[list[Callable], str]:

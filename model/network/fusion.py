@@ -9,12 +9,14 @@ modalities (`L_Fusion`), and that decoding is what the anomaly map compares agai
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from model.network.attention import MultiHeadAttention
 from model.network.config import ModelConfig
-from model.network.mamba_decoder import LabelClassifier
+from model.network.label_classifier import LabelClassifier
 
 
 class CrossAttentionFusion(nn.Module):
@@ -55,6 +57,14 @@ def build_fusion(config: ModelConfig) -> nn.Module:
     return ConcatFusion(config.hidden_size)
 
 
+@dataclass
+class FusionOutput:
+    logits_fused: torch.Tensor  # P(Y | F_fu), (B, K)
+    logits_bottleneck: torch.Tensor  # P(Y | F_g), (B, K)
+    rgb: torch.Tensor  # RGB features decoded from F_g, (B, H, W, C_rgb)
+    depth: torch.Tensor | None  # depth features from F_g, None unless `reconstruct_depth_in_fusion`
+
+
 class InformationBottleneckFusion(nn.Module):
     def __init__(self, config: ModelConfig, rgb_channels: int, depth_channels: int, num_classes: int) -> None:
         super().__init__()
@@ -73,19 +83,19 @@ class InformationBottleneckFusion(nn.Module):
         self.decode_rgb = nn.Linear(dim, rgb_channels)
         self.decode_depth = nn.Linear(dim, depth_channels) if config.reconstruct_depth_in_fusion else None
 
-    def forward(self, rgb: torch.Tensor, depth: torch.Tensor) -> dict[str, torch.Tensor | None]:
+    def forward(self, rgb: torch.Tensor, depth: torch.Tensor) -> FusionOutput:
         """rgb/depth hidden grids (B, H, W, d) -> classifier logits and reconstructions (B, H, W, C)."""
         batch, height, width, dim = rgb.shape
         fused = self.fuse(rgb.reshape(batch, -1, dim), depth.reshape(batch, -1, dim)).reshape(
             batch, height, width, dim
         )
         compressed = self.bottleneck(fused)
-        return {
-            "logits_fused": self.classifier_fused(fused),
-            "logits_bottleneck": self.classifier_bottleneck(compressed),
-            "rgb": self.decode_rgb(compressed),
-            "depth": self.decode_depth(compressed) if self.decode_depth is not None else None,
-        }
+        return FusionOutput(
+            logits_fused=self.classifier_fused(fused),
+            logits_bottleneck=self.classifier_bottleneck(compressed),
+            rgb=self.decode_rgb(compressed),
+            depth=self.decode_depth(compressed) if self.decode_depth is not None else None,
+        )
 
     def grow(self, num_classes: int) -> None:
         self.classifier_fused.grow(num_classes)

@@ -8,13 +8,15 @@ the anomaly map.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from model.network.config import ModelConfig
 from model.network.feature_extractor import feature_jitter
-from model.network.fusion import InformationBottleneckFusion
+from model.network.fusion import FusionOutput, InformationBottleneckFusion
 from model.network.reconstruction import ReconstructionBranch
 
 MODALITIES = ("rgb", "depth")
@@ -25,6 +27,18 @@ def _absent_everywhere(present: torch.Tensor) -> bool:
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return False
     return not bool(present.any())
+
+
+@dataclass
+class NetworkOutput:
+    """One forward pass, per modality ("rgb", "depth"): what the losses and the error maps read."""
+
+    original: dict[str, torch.Tensor]  # standardised backbone tokens (B, H, W, C)
+    present: dict[str, torch.Tensor]  # 1 where the sample has the modality, (B, 1, 1, 1)
+    branch_reconstruction: dict[str, torch.Tensor]  # each branch's own reconstruction of `original`
+    layer_logits: dict[str, list[torch.Tensor]]  # label-classifier logits of every decoder layer
+    reconstruction: dict[str, torch.Tensor]  # what the error maps compare: the fusion's where it has one
+    fusion: FusionOutput | None = None  # None without IBFM
 
 
 class IUMADNet(nn.Module):
@@ -139,7 +153,7 @@ class IUMADNet(nn.Module):
         has_depth: torch.Tensor,
         jitter: bool = False,
         objects: torch.Tensor | None = None,
-    ) -> dict[str, object]:
+    ) -> NetworkOutput:
         """`objects` (B,) are the samples' label indices: which object adapters reconstruct them."""
         present = {
             "rgb": has_rgb.to(rgb.dtype).view(-1, 1, 1, 1),
@@ -164,23 +178,20 @@ class IUMADNet(nn.Module):
             branch_reconstruction[modality] = reconstruction
             layer_logits[modality] = logits
 
-        outputs: dict[str, object] = {
-            "original": original,
-            "present": present,
-            "branch_reconstruction": branch_reconstruction,
-            "layer_logits": layer_logits,
-        }
         reconstruction = dict(branch_reconstruction)
-        if self.fusion is not None:
-            fused = self.fusion(hidden["rgb"], hidden["depth"])
-            outputs["logits_fused"] = fused["logits_fused"]
-            outputs["logits_bottleneck"] = fused["logits_bottleneck"]
-            outputs["fusion_reconstruction"] = {"rgb": fused["rgb"], "depth": fused["depth"]}
-            reconstruction["rgb"] = fused["rgb"]
-            if fused["depth"] is not None:
-                reconstruction["depth"] = fused["depth"]
-        outputs["reconstruction"] = reconstruction
-        return outputs
+        fused = self.fusion(hidden["rgb"], hidden["depth"]) if self.fusion is not None else None
+        if fused is not None:
+            reconstruction["rgb"] = fused.rgb
+            if fused.depth is not None:
+                reconstruction["depth"] = fused.depth
+        return NetworkOutput(
+            original=original,
+            present=present,
+            branch_reconstruction=branch_reconstruction,
+            layer_logits=layer_logits,
+            reconstruction=reconstruction,
+            fusion=fused,
+        )
 
     @property
     def has_object_adapters(self) -> bool:
@@ -206,7 +217,7 @@ class IUMADNet(nn.Module):
         outputs = self.forward(rgb, depth, has_rgb, has_depth, jitter=False, objects=chosen)
         errors = []
         for modality in MODALITIES:
-            difference = outputs["original"][modality] - outputs["reconstruction"][modality]
-            error = difference.pow(2).mean(dim=-1) * outputs["present"][modality][:, :, :, 0]
+            difference = outputs.original[modality] - outputs.reconstruction[modality]
+            error = difference.pow(2).mean(dim=-1) * outputs.present[modality][:, :, :, 0]
             errors.append(error)
         return torch.stack(errors, dim=1), probabilities

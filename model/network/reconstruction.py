@@ -13,7 +13,8 @@ from torch import nn
 
 from model.network.attention import MultiHeadAttention
 from model.network.config import ModelConfig
-from model.network.mamba_decoder import LabelClassifier, MambaDecoder
+from model.network.label_classifier import LabelClassifier
+from model.network.mamba_decoder import MambaDecoder
 from model.network.object_adapters import ObjectAdapters
 
 

@@ -81,7 +81,7 @@ def build(verbose: bool = False) -> ModuleType:
 
 
 def load_extension() -> ModuleType | None:
-    """The compiled module, or None (fused scan disabled, or no build and no compiler)."""
+    """The compiled module, or None (fused scan disabled, or not built)."""
     global _module, _attempted
     if not _enabled:
         return None
@@ -92,11 +92,18 @@ def load_extension() -> ModuleType | None:
             return _module
         name = extension_name()
         library = _built_library(extensions_root() / name, name)
-        try:
-            _module = _import_library(library, name) if library is not None else build()
-        except Exception as error:  # noqa: BLE001 - no compiler, no headers: the loop still works
-            log.warning("fused CPU selective scan unavailable (%s); using the PyTorch loop", error)
+        if library is None:  # never compiled on a forward pass: `make install` and the image build it
+            log.warning(
+                "fused CPU selective scan not built (`python -m model.network.scan_extension` builds it); "
+                "using the PyTorch loop"
+            )
             _module = None
+        else:
+            try:
+                _module = _import_library(library, name)
+            except Exception as error:  # noqa: BLE001 - a stale or broken build: the loop still works
+                log.warning("fused CPU selective scan unavailable (%s); using the PyTorch loop", error)
+                _module = None
         _attempted = True
     return _module
 

@@ -20,15 +20,18 @@ import torch.nn.functional as F
 
 from model.network.scan_extension import load_extension
 
-# exp(dt * A) of a strongly decaying channel, and states multiplied by it, fall into float32's
-# subnormal range, where x86 CPUs run 10-100x slower (a training step went from 0.3 s to 60 s).
-# Flushing subnormals to zero changes results by less than 1e-38.
-torch.set_flush_denormal(True)
-
 try:  # optional extra `cuda`
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as _cuda_selective_scan
 except Exception:  # noqa: BLE001 - ImportError, or a CUDA error at import on machines without a GPU
     _cuda_selective_scan = None
+
+
+def flush_denormals() -> None:
+    """Flush float32 subnormals to zero on this thread. exp(dt * A) of a strongly decaying channel,
+    and states multiplied by it, fall into the subnormal range, where x86 CPUs run 10-100x slower
+    (a training step went from 0.3 s to 60 s); flushing changes results by less than 1e-38. Called
+    by the S6 layer when it is built, so only networks that scan change the process's setting."""
+    torch.set_flush_denormal(True)
 
 
 def _prepare_delta(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from model.network.iumad import MODALITIES
+from model.network.iumad import MODALITIES, NetworkOutput
 
 
 @dataclass(frozen=True)
@@ -40,32 +40,33 @@ def information_bottleneck_loss(logits_fused: torch.Tensor, logits_bottleneck: t
 
 
 def iumad_losses(
-    outputs: dict, labels: torch.Tensor, weights: LossWeights = LossWeights()
+    outputs: NetworkOutput, labels: torch.Tensor, weights: LossWeights = LossWeights()
 ) -> dict[str, torch.Tensor]:
-    present = {m: outputs["present"][m].view(-1) for m in MODALITIES}
-    original = outputs["original"]
+    present = {m: outputs.present[m].view(-1) for m in MODALITIES}
+    original = outputs.original
     terms: dict[str, torch.Tensor] = {}
     terms["reconstruction"] = weights.reconstruction * sum(
-        masked_mse(outputs["branch_reconstruction"][m], original[m], present[m]) for m in MODALITIES
+        masked_mse(outputs.branch_reconstruction[m], original[m], present[m]) for m in MODALITIES
     )
     for modality, weight in (("rgb", weights.classify_rgb), ("depth", weights.classify_depth)):
-        layer_logits = outputs["layer_logits"][modality]
+        layer_logits = outputs.layer_logits[modality]
         if layer_logits:
             terms[f"classify_{modality}"] = (
                 weight
                 * sum(masked_cross_entropy(logits, labels, present[modality]) for logits in layer_logits)
                 / len(layer_logits)
             )
-    if "fusion_reconstruction" in outputs:
+    fused = outputs.fusion
+    if fused is not None:
         fusion_terms = [
             masked_mse(reconstruction, original[m], present[m])
-            for m, reconstruction in outputs["fusion_reconstruction"].items()
+            for m, reconstruction in (("rgb", fused.rgb), ("depth", fused.depth))
             if reconstruction is not None
         ]
         terms["fusion"] = weights.fusion * sum(fusion_terms)
         terms["information_bottleneck"] = weights.information_bottleneck * (
-            information_bottleneck_loss(outputs["logits_fused"], outputs["logits_bottleneck"])
-            + F.cross_entropy(outputs["logits_fused"], labels)
+            information_bottleneck_loss(fused.logits_fused, fused.logits_bottleneck)
+            + F.cross_entropy(fused.logits_fused, labels)
         )
     terms["total"] = sum(terms.values())
     return terms

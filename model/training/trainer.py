@@ -24,7 +24,7 @@ from model.inference import InspectionInput, InspectionModel, feature_extractor_
 from model.network.config import ModelConfig
 from model.network.feature_extractor import MultiScaleFeatures
 from model.network.iumad import IUMADNet
-from model.network.mamba_decoder import LabelClassifier
+from model.network.label_classifier import LabelClassifier
 from model.network.presets import PRESETS, SHIPPED_PRESET
 from model.training.calibration import calibrate_object
 from model.training.losses import iumad_losses

@@ -52,7 +52,7 @@ class InspectOptions(BaseModel):
     object: str | None = Field(
         None,
         pattern=OBJECT_NAME_PATTERN,
-        description="The object; omitted = the model's label classifier chooses.",
+        description="The object; omitted = the nearest enrolled object prototype chooses.",
     )
     mask: MaskFormat = Field("png", description="none | png (base64 1-bit PNG) | rle (see RleMask).")
     return_map: bool = Field(False, description="Also return the continuous anomaly map (16-bit PNG).")
@@ -215,7 +215,7 @@ def _respond(
     return InspectResponse(
         request_id=request_id,
         object=prediction.object,
-        object_source=prediction.object_source,  # type: ignore[arg-type]
+        object_source=prediction.object_source,
         object_confidence=prediction.object_confidence,
         is_anomalous=is_anomalous,
         score=score,
