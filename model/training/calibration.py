@@ -8,6 +8,7 @@ rate on normal parts the requested target.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -46,6 +47,18 @@ def threshold_for_false_reject_rate(scores: np.ndarray, target: float) -> float:
     return float(ordered[ordered.size - 1 - allowed])
 
 
+@dataclass(frozen=True)
+class ObjectCalibration:
+    """One object's calibration: what the manifest's object record keeps (model/checkpoint.py)."""
+
+    norm_mean: list[float]  # per modality: the mean token error of normal parts
+    norm_std: list[float]  # ... and its spread
+    score_mean: list[float]  # per modality: the mean image score of normal parts, after normalising
+    score_std: list[float]  # ... and its spread
+    threshold: float  # on the fused raw score: rejects `target_false_reject_rate` of these normals
+    summary: dict[str, float]  # the calibration scores: samples, min, median, max, target
+
+
 def calibrate_object(
     errors: torch.Tensor,
     weights: torch.Tensor,
@@ -53,9 +66,9 @@ def calibrate_object(
     smoothing_sigma: float,
     score_pool: int,
     target_false_reject_rate: float,
-) -> dict:
-    """-> norm_mean, norm_std, score_mean, score_std, threshold and the holdout score summary for one
-    object (the threshold on the same fused score that inspection computes)."""
+) -> ObjectCalibration:
+    """Normalisation statistics and the threshold for one object, from its normal parts' error maps
+    (the threshold on the same fused score that inspection computes)."""
     mean, std = error_statistics(errors, weights)
     score_mean, score_std = modality_score_statistics(
         errors, weights, mean, std, image_size, smoothing_sigma, score_pool
@@ -74,17 +87,17 @@ def calibrate_object(
     )
     scores_np = scores.numpy()
     threshold = threshold_for_false_reject_rate(scores_np, target_false_reject_rate)
-    return {
-        "norm_mean": mean,
-        "norm_std": std,
-        "score_mean": score_mean,
-        "score_std": score_std,
-        "threshold": threshold,
-        "calibration": {
+    return ObjectCalibration(
+        norm_mean=mean,
+        norm_std=std,
+        score_mean=score_mean,
+        score_std=score_std,
+        threshold=threshold,
+        summary={
             "samples": int(count),
             "score_min": float(scores_np.min()),
             "score_median": float(np.median(scores_np)),
             "score_max": float(scores_np.max()),
             "target_false_reject_rate": target_false_reject_rate,
         },
-    }
+    )

@@ -26,7 +26,7 @@ from model.network.feature_extractor import MultiScaleFeatures
 from model.network.iumad import IUMADNet
 from model.network.label_classifier import LabelClassifier
 from model.network.presets import PRESETS, SHIPPED_PRESET
-from model.training.calibration import calibrate_object
+from model.training.calibration import ObjectCalibration, calibrate_object
 from model.training.losses import iumad_losses
 
 log = logging.getLogger(__name__)
@@ -237,41 +237,21 @@ def fit(
             if should_cancel is not None and should_cancel():
                 raise TrainingCancelled("canceled during training")
             index = order[start : start + batch_size]
-            has_depth = features.has_depth[index].clone()
-            if options.depth_dropout > 0:
-                drop = torch.rand(len(index), generator=generator) < options.depth_dropout
-                has_depth &= ~drop
-            outputs = net(
-                features.rgb[index],
-                features.depth[index],
-                torch.ones_like(has_depth),
-                has_depth,
-                jitter=True,
-                objects=labels[index],
-            )
-            terms = iumad_losses(outputs, labels[index])
-            loss = terms["total"]
-            if anchor is not None and options.anchor_weight > 0:
-                loss = loss + options.anchor_weight * _anchor_penalty(net, anchor)
             for group in optimiser.param_groups:
                 group["lr"] = learning_rate * _learning_rate_factor(fraction, options.warmup_fraction)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            optimiser.step()
+            loss, terms = _training_step(net, features, labels, index, options, generator, optimiser, anchor)
             with torch.no_grad():
                 for parameter, rows in kept_rows:
                     parameter[: rows.shape[0]] = rows
             step += 1
-            value = float(loss.detach())
-            running = 0.9 * running + 0.1 * value if step > 1 else value
+            running = 0.9 * running + 0.1 * loss if step > 1 else loss
             if step % steps_per_epoch == 0:
                 curve.append(
                     {
                         "step": step,
                         "seconds": round(time.perf_counter() - started, 2),
                         "loss": round(running, 5),
-                        **{k: round(float(v.detach()), 5) for k, v in terms.items() if k != "total"},
+                        **{k: round(v, 5) for k, v in terms.items() if k != "total"},
                     }
                 )
                 if progress is not None:
@@ -289,6 +269,41 @@ def fit(
         "learning_rate": learning_rate,
         "curve": curve,
     }
+
+
+def _training_step(
+    net: IUMADNet,
+    features: FeatureSet,
+    labels: torch.Tensor,
+    index: torch.Tensor,
+    options: TrainingOptions,
+    generator: torch.Generator,
+    optimiser: torch.optim.Optimizer,
+    anchor: dict[str, torch.Tensor] | None,
+) -> tuple[float, dict[str, float]]:
+    """One optimiser step on the batch `index` (depth dropped from some samples so the missing-depth
+    path trains); returns the loss and its terms."""
+    has_depth = features.has_depth[index].clone()
+    if options.depth_dropout > 0:
+        drop = torch.rand(len(index), generator=generator) < options.depth_dropout
+        has_depth &= ~drop
+    outputs = net(
+        features.rgb[index],
+        features.depth[index],
+        torch.ones_like(has_depth),
+        has_depth,
+        jitter=True,
+        objects=labels[index],
+    )
+    terms = iumad_losses(outputs, labels[index])
+    loss = terms["total"]
+    if anchor is not None and options.anchor_weight > 0:
+        loss = loss + options.anchor_weight * _anchor_penalty(net, anchor)
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    optimiser.step()
+    return float(loss.detach()), {k: float(v.detach()) for k, v in terms.items()}
 
 
 def _errors_for(
@@ -323,9 +338,76 @@ def train_version(
     """One step: a base step when `parent` is None, else an incremental step from `parent`.
 
     `retained_holdouts` are old objects' held-out normal features, used only to re-calibrate them.
+    Steps: features (the frozen backbone, once per sample), the network (new, or the parent's
+    grown), the training loop, calibration on held-out normals, the manifest.
     """
     options = options or TrainingOptions()
     torch.manual_seed(options.seed)
+    old_records = _check_new_objects(new_objects, parent)
+    config = parent.config if parent is not None else (config or PRESETS[SHIPPED_PRESET])
+    timings: dict[str, float] = {}
+    report = progress or (lambda fraction, stage, details: None)
+
+    started = time.perf_counter()
+    features = _step_features(new_objects, config, options, report, should_cancel)
+    timings["features_s"] = round(time.perf_counter() - started, 2)
+
+    first_label = len(old_records)
+    label_of = {item.name: first_label + offset for offset, item in enumerate(new_objects)}
+    all_train = _concatenated(list(features.train.values()))
+    labels = torch.cat(
+        [torch.full((len(s),), label_of[n], dtype=torch.long) for n, s in features.train.items()]
+    )
+    start = _starting_network(parent, config, all_train, len(new_objects), options)
+    for name, train_set in features.train.items():
+        start.net.set_prototype(label_of[name], train_set.rgb, train_set.depth, train_set.has_depth)
+
+    started = time.perf_counter()
+    summary = fit(
+        start.net,
+        all_train,
+        labels,
+        options,
+        start.learning_rate,
+        start.anchor,
+        report,
+        should_cancel,
+        (0.25, 0.9),
+        start.kept_rows,
+    )
+    timings["training_s"] = round(time.perf_counter() - started, 2)
+
+    started = time.perf_counter()
+    report(0.9, "calibration", {})
+    version = version or new_version_id()
+    retained = dict(retained_holdouts or {})
+    records = _recalibrated(start.net, config, old_records, retained, version) + [
+        _new_record(start.net, config, item, label_of[item.name], features, version) for item in new_objects
+    ]
+    timings["calibration_s"] = round(time.perf_counter() - started, 2)
+
+    manifest = Manifest(
+        version=version,
+        config=config,
+        feature_channels={"rgb": int(start.net.rgb_mean.numel()), "depth": int(start.net.depth_mean.numel())},
+        objects=records,
+        parent=parent.version if parent is not None else None,
+        training={
+            "kind": "base" if parent is None else "incremental",
+            "new_objects": [item.name for item in new_objects],
+            "options": asdict(options),
+            "timings": timings,
+            **summary,
+        },
+    )
+    report(1.0, "trained", {})
+    return TrainingResult(net=start.net, manifest=manifest, holdout_features={**retained, **features.holdout})
+
+
+def _check_new_objects(
+    new_objects: Sequence[ObjectSamples], parent: InspectionModel | None
+) -> list[ObjectRecord]:
+    """The parent's object records; raises unless the new objects are new, distinct and trainable."""
     if not new_objects:
         raise InputError("a training step needs at least one new object")
     names = [item.name for item in new_objects]
@@ -335,12 +417,26 @@ def train_version(
     for name in names:
         if any(record.name == name for record in old_records):
             raise ConflictError(f"object {name!r} is already enrolled in {parent.version}")
-    config = parent.config if parent is not None else (config or PRESETS[SHIPPED_PRESET])
-    timings: dict[str, float] = {}
-    report = progress or (lambda fraction, stage, details: None)
+    for item in new_objects:
+        if len(item.train) < 2:
+            raise InputError(f"object {item.name!r} needs at least 2 training samples, got {len(item.train)}")
+    return old_records
 
-    # 1. Features (the frozen backbone, once per sample).
-    started = time.perf_counter()
+
+@dataclass
+class StepFeatures:
+    train: dict[str, FeatureSet]  # per new object
+    holdout: dict[str, FeatureSet]  # per new object that has held-out samples
+
+
+def _step_features(
+    new_objects: Sequence[ObjectSamples],
+    config: ModelConfig,
+    options: TrainingOptions,
+    report: ProgressCallback,
+    should_cancel: Callable[[], bool] | None,
+) -> StepFeatures:
+    """Backbone features of every new sample, once (the backbone is frozen); progress 0-25 %."""
     extractor = feature_extractor_for(config)
     total_samples = sum(len(item.train) + len(item.holdout) for item in new_objects)
     done = 0
@@ -350,135 +446,130 @@ def train_version(
         done += count
         report(0.25 * done / max(1, total_samples), "features", {"samples": done, "of": total_samples})
 
-    train_sets: dict[str, FeatureSet] = {}
-    holdout_sets: dict[str, FeatureSet] = {}
-    for item in new_objects:
-        if len(item.train) < 2:
-            raise InputError(f"object {item.name!r} needs at least 2 training samples, got {len(item.train)}")
-        train_sets[item.name] = extract_features(
-            item.train, extractor, config.image_size, options.feature_batch_size, on_batch, should_cancel
+    def extract(sources: Sequence[SampleSource]) -> FeatureSet:
+        return extract_features(
+            sources, extractor, config.image_size, options.feature_batch_size, on_batch, should_cancel
         )
-        if item.holdout:
-            holdout_sets[item.name] = extract_features(
-                item.holdout,
-                extractor,
-                config.image_size,
-                options.feature_batch_size,
-                on_batch,
-                should_cancel,
-            )
-    timings["features_s"] = round(time.perf_counter() - started, 2)
 
-    # 2. Network: new (base) or the parent's, grown (incremental).
-    first_label = len(old_records)
-    label_of = {name: first_label + offset for offset, name in enumerate(names)}
-    all_train = FeatureSet(
-        torch.cat([s.rgb for s in train_sets.values()]),
-        torch.cat([s.depth for s in train_sets.values()]),
-        torch.cat([s.has_depth for s in train_sets.values()]),
-        torch.cat([s.depth_valid for s in train_sets.values()]),
+    features = StepFeatures(train={}, holdout={})
+    for item in new_objects:
+        features.train[item.name] = extract(item.train)
+        if item.holdout:
+            features.holdout[item.name] = extract(item.holdout)
+    return features
+
+
+def _concatenated(sets: list[FeatureSet]) -> FeatureSet:
+    return FeatureSet(
+        torch.cat([s.rgb for s in sets]),
+        torch.cat([s.depth for s in sets]),
+        torch.cat([s.has_depth for s in sets]),
+        torch.cat([s.depth_valid for s in sets]),
     )
-    labels = torch.cat([torch.full((len(s),), label_of[n], dtype=torch.long) for n, s in train_sets.items()])
+
+
+@dataclass
+class StartingNetwork:
+    """The network a step trains, and how: its learning rate, the anchor an incremental step is
+    pulled towards, and the old objects' classifier rows kept fixed (with object adapters)."""
+
+    net: IUMADNet
+    learning_rate: float
+    anchor: dict[str, torch.Tensor] | None = None
+    kept_rows: KeptRows = field(default_factory=list)
+
+
+def _starting_network(
+    parent: InspectionModel | None,
+    config: ModelConfig,
+    all_train: FeatureSet,
+    new_count: int,
+    options: TrainingOptions,
+) -> StartingNetwork:
+    """A new network for a base step (feature statistics from its samples), else the parent's, grown."""
     if parent is None:
-        net = IUMADNet(config, all_train.rgb.shape[1], all_train.depth.shape[1], len(names))
+        net = IUMADNet(config, all_train.rgb.shape[1], all_train.depth.shape[1], new_count)
         depth_rows = all_train.has_depth
         net.set_feature_statistics(
             all_train.rgb, all_train.depth[depth_rows] if bool(depth_rows.any()) else None
         )
-        anchor = None
-        learning_rate = options.learning_rate
-    else:
-        net = clone_net(parent.net)
-        anchor = {k: v.detach().clone() for k, v in net.named_parameters()}
-        net.grow(first_label + len(names))
-        learning_rate = options.incremental_learning_rate
-    kept_rows: KeptRows = []
-    if parent is not None and net.has_object_adapters:
-        kept_rows, anchor = train_only_new_objects(net, first_label), None
-    for name, features in train_sets.items():
-        net.set_prototype(label_of[name], features.rgb, features.depth, features.has_depth)
+        return StartingNetwork(net, options.learning_rate)
+    net = clone_net(parent.net)
+    first_label = len(parent.manifest.objects)
+    anchor = {k: v.detach().clone() for k, v in net.named_parameters()}
+    net.grow(first_label + new_count)
+    if net.has_object_adapters:
+        return StartingNetwork(
+            net, options.incremental_learning_rate, None, train_only_new_objects(net, first_label)
+        )
+    return StartingNetwork(net, options.incremental_learning_rate, anchor)
 
-    # 3. Training loop.
-    started = time.perf_counter()
-    summary = fit(
-        net, all_train, labels, options, learning_rate, anchor, report, should_cancel, (0.25, 0.9), kept_rows
+
+def _calibrated(
+    net: IUMADNet, config: ModelConfig, features: FeatureSet, label: int, with_depth: bool, target: float
+) -> ObjectCalibration:
+    errors, weights = _errors_for(net, features, label)
+    if not with_depth:
+        weights[:, 1] = 0
+    return calibrate_object(
+        errors, weights, config.image_size, config.smoothing_sigma, config.score_pool, target
     )
-    timings["training_s"] = round(time.perf_counter() - started, 2)
 
-    # 4. Calibration on held-out normals (training samples only when an object has no holdout).
-    started = time.perf_counter()
-    report(0.9, "calibration", {})
-    records: list[ObjectRecord] = []
-    version = version or new_version_id()
-    retained = dict(retained_holdouts or {})
+
+def _recalibrated(
+    net: IUMADNet,
+    config: ModelConfig,
+    old_records: list[ObjectRecord],
+    retained: dict[str, FeatureSet],
+    version: str,
+) -> list[ObjectRecord]:
+    """The old objects' records, re-calibrated where their held-out features were kept."""
+    records = []
     for record in old_records:
         updated = ObjectRecord(**asdict(record))
         if record.name in retained:
-            errors, weights = _errors_for(net, retained[record.name], record.label)
-            if "depth" not in record.modalities:
-                weights[:, 1] = 0
-            result = calibrate_object(
-                errors,
-                weights,
-                config.image_size,
-                config.smoothing_sigma,
-                config.score_pool,
+            result = _calibrated(
+                net,
+                config,
+                retained[record.name],
+                record.label,
+                "depth" in record.modalities,
                 record.target_false_reject_rate,
             )
-            updated.norm_mean, updated.norm_std = result["norm_mean"], result["norm_std"]
-            updated.score_mean, updated.score_std = result["score_mean"], result["score_std"]
-            updated.threshold = result["threshold"]
-            updated.calibration = {**result["calibration"], "recalibrated_in": version}
+            updated.norm_mean, updated.norm_std = result.norm_mean, result.norm_std
+            updated.score_mean, updated.score_std = result.score_mean, result.score_std
+            updated.threshold = result.threshold
+            updated.calibration = {**result.summary, "recalibrated_in": version}
         records.append(updated)
-    for item in new_objects:
-        calibration_set = holdout_sets.get(item.name, train_sets[item.name])
-        errors, weights = _errors_for(net, calibration_set, label_of[item.name])
-        result = calibrate_object(
-            errors,
-            weights,
-            config.image_size,
-            config.smoothing_sigma,
-            config.score_pool,
-            item.target_false_reject_rate,
-        )
-        records.append(
-            ObjectRecord(
-                name=item.name,
-                label=label_of[item.name],
-                modalities=train_sets[item.name].modalities,
-                norm_mean=result["norm_mean"],
-                norm_std=result["norm_std"],
-                score_mean=result["score_mean"],
-                score_std=result["score_std"],
-                threshold=result["threshold"],
-                target_false_reject_rate=item.target_false_reject_rate,
-                train_samples=len(item.train),
-                holdout_samples=len(item.holdout),
-                enrolled_in=version,
-                calibration={
-                    **result["calibration"],
-                    "on": "holdout" if item.name in holdout_sets else "train",
-                },
-            )
-        )
-    timings["calibration_s"] = round(time.perf_counter() - started, 2)
+    return records
 
-    manifest = Manifest(
-        version=version,
-        config=config,
-        feature_channels={"rgb": int(net.rgb_mean.numel()), "depth": int(net.depth_mean.numel())},
-        objects=records,
-        parent=parent.version if parent is not None else None,
-        training={
-            "kind": "base" if parent is None else "incremental",
-            "new_objects": names,
-            "options": asdict(options),
-            "timings": timings,
-            **summary,
-        },
+
+def _new_record(
+    net: IUMADNet,
+    config: ModelConfig,
+    item: ObjectSamples,
+    label: int,
+    features: StepFeatures,
+    version: str,
+) -> ObjectRecord:
+    """A new object's record, calibrated on its held-out normals (its training samples without any)."""
+    calibration_set = features.holdout.get(item.name, features.train[item.name])
+    result = _calibrated(net, config, calibration_set, label, True, item.target_false_reject_rate)
+    return ObjectRecord(
+        name=item.name,
+        label=label,
+        modalities=features.train[item.name].modalities,
+        norm_mean=result.norm_mean,
+        norm_std=result.norm_std,
+        score_mean=result.score_mean,
+        score_std=result.score_std,
+        threshold=result.threshold,
+        target_false_reject_rate=item.target_false_reject_rate,
+        train_samples=len(item.train),
+        holdout_samples=len(item.holdout),
+        enrolled_in=version,
+        calibration={**result.summary, "on": "holdout" if item.name in features.holdout else "train"},
     )
-    report(1.0, "trained", {})
-    return TrainingResult(net=net, manifest=manifest, holdout_features={**retained, **holdout_sets})
 
 
 def sample_sources(samples: Sequence) -> list[SampleSource]:
