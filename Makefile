@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: run test install lint format bench
+.PHONY: run test test-fast install lint format performance
 
 run: $(VENV)/.installed
 	$(BIN)/iumad serve
@@ -12,6 +12,12 @@ test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
+
+# A developer's loop: lint and every test but the end-to-end ones with real processes (`slow`).
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q -m "not slow"
 
 install: $(VENV)/.installed
 
@@ -30,5 +36,6 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(VENV)/.installed-dev
+# The speed, memory and load benchmarks (`iumad bench` is the quality protocols); results in out/bench/.
+performance: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.run_all

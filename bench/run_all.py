@@ -1,4 +1,4 @@
-"""`make bench`: every benchmark section, one after the other on an otherwise idle machine.
+"""`make performance`: every benchmark section, one after the other on an otherwise idle machine.
 
     python -m bench.run_all [--out out/bench] [--soak-seconds 300] [--quick]
 
