@@ -1,11 +1,16 @@
 """Errors a user can cause. The CLI turns them into exit code 2, the gateway into a 4xx answer."""
 
+from __future__ import annotations
+
+from typing import Any
+
 
 class IumadError(Exception):
     """Base of every error caused by what a user sent or configured (never by a bug)."""
 
     http_status = 400
     code = "bad_request"
+    details: Any = None  # JSON-safe specifics the answer lists, e.g. every rejected file
 
 
 class InputError(IumadError):

@@ -29,7 +29,7 @@ from service.job_metrics import JobMetrics
 from service.limits import UploadLimitMiddleware
 from service.lineage import make_job_store, make_registry
 from service.request_context import RequestIdMiddleware
-from service.routes import dashboard, enrollment, health, inspect, jobs, models, objects
+from service.routes import dashboard, enrolment, health, inspect, jobs, models, objects
 from service.runtime import ModelRuntime
 from service.state import ACTIVE_FILE, AppState, find_active_version
 from service.thresholds import open_threshold_store
@@ -157,7 +157,7 @@ def create_app(settings: Settings | None = None, redis: Any | None = None) -> Fa
     app.include_router(objects.router)
     app.include_router(models.router)
     app.include_router(health.router)
-    app.include_router(enrollment.router)
+    app.include_router(enrolment.router)
     app.include_router(jobs.router)
     app.include_router(dashboard.router)
     # Starlette runs the last added middleware first: request id outermost, so even a 413 carries it.

@@ -173,7 +173,7 @@ async def handle_iumad_error(request: Request, error: IumadError) -> JSONRespons
     if isinstance(error, UnauthorizedError):
         headers["WWW-Authenticate"] = 'ApiKey header="X-API-Key"'
     log.info("%s %s -> %d %s: %s", request.method, request.url.path, error.http_status, error.code, error)
-    return error_response(request, error.http_status, error.code, str(error), headers=headers)
+    return error_response(request, error.http_status, error.code, str(error), error.details, headers)
 
 
 async def handle_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from iumad.names import OBJECT_NAME_ANCHORED, VERSION_NAME_ANCHORED
 from model.inference import ObjectSource
@@ -157,3 +157,38 @@ class Readiness(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
+
+
+class EnrolOptions(BaseModel):
+    """The text fields of `POST /enroll-object`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    object: str = Field(pattern=OBJECT_NAME_PATTERN, description="The new object's name.")
+    holdout_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        le=0.5,
+        description="Share of samples kept out of training "
+        "for threshold calibration and future forgetting checks.",
+    )
+    target_false_reject_rate: float = Field(
+        0.01, gt=0.0, lt=0.5, description="Share of normal parts the threshold may reject."
+    )
+    max_minutes: float | None = Field(
+        None, gt=0.0, le=24 * 60, description="Time budget of the job (default: IUMAD_ENROLL_MAX_MINUTES)."
+    )
+    replace: bool = Field(
+        False,
+        description="Retrain an object that is already enrolled (rebuilds the model "
+        "from every object's stored samples).",
+    )
+
+
+class EnrolmentAccepted(BaseModel):
+    job_id: str
+    status: str
+    status_url: str
+    object: str
+    message: str
+    enrolment: dict[str, Any]

@@ -17,15 +17,19 @@ import io
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, TypeVar
 
 import anyio
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.datastructures import FormData, UploadFile
 
 from model.errors import InputError, PayloadTooLargeError, UnsupportedMediaError
+
+M = TypeVar("M", bound=BaseModel)
 
 WRITE_BATCH_BYTES = 1 << 20
 MAX_FIELD_BYTES = 64 * 1024
@@ -301,3 +305,26 @@ async def read_inspection_form(request: Request, max_files: int, max_fields: int
         form.close()
         raise
     return form.form()
+
+
+class FormErrors:
+    """A form's field errors, collected so one 422 lists them all (the same shape FastAPI gives a
+    JSON body's errors)."""
+
+    def __init__(self) -> None:
+        self.errors: list[dict[str, Any]] = []
+
+    def add(self, field: str, message: str, kind: str = "value_error") -> None:
+        self.errors.append({"loc": ("body", field), "msg": message, "type": kind})
+
+    def validated(self, model: type[M], values: dict[str, str]) -> M | None:
+        """`values` as `model`, or None with its errors added."""
+        try:
+            return model.model_validate(values)
+        except ValidationError as error:
+            self.errors.extend({**e, "loc": ("body", *e["loc"])} for e in error.errors(include_url=False))
+            return None
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            raise RequestValidationError(self.errors)

@@ -48,6 +48,7 @@ MAX_NAME_PART_BYTES = 255  # what file systems allow for one path component
 # GNU long-name and PAX headers are read whole by tarfile; real ones are a few hundred bytes.
 MAX_EXTENDED_HEADER_BYTES = 64 * 1024
 TAR_BLOCK = 512
+MAX_REJECTS_SHOWN = 200  # of the rejected files an answer lists (the message counts them all)
 
 
 class UnsafeArchiveError(InputError):
@@ -73,6 +74,7 @@ class SamplesRejectedError(InputError):
     def __init__(self, message: str, rejects: list[RejectedFile]) -> None:
         super().__init__(message)
         self.rejects = rejects
+        self.details = [{"file": r.name, "reason": r.reason} for r in rejects[:MAX_REJECTS_SHOWN]]
 
     def __reduce__(self) -> tuple[type, tuple[str, list[RejectedFile]]]:
         """Crosses from the ingest process to the gateway whole (the default drops `rejects`)."""

@@ -21,6 +21,8 @@ from service.app import create_app
 from store.connection import connect_redis
 from store.registry import ModelRegistry
 
+pytestmark = pytest.mark.slow  # real processes (make test-fast leaves them out)
+
 EXAMPLES_PER_OPERATION = 25
 
 

@@ -23,6 +23,8 @@ from iumad.embedded import RedisServerProcess, free_port
 from iumad.settings import Settings
 from model.errors import IumadError
 
+pytestmark = pytest.mark.slow  # real processes (make test-fast leaves them out)
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 

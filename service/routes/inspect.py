@@ -14,13 +14,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 import torch
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import FormData, UploadFile
 
 from model.data.decode import check_file_size, check_same_size, decode_depth, decode_rgb
@@ -38,7 +38,7 @@ from service.runtime import Admission, InferenceResult, ModelRuntime, RuntimeSta
 from service.schemas import OBJECT_NAME_PATTERN, AnomalyMap, InspectResponse, MaskFormat, RleMask, Timings
 from service.scoring import decision_score, score_spread, threshold_in_force
 from service.state import AppState, get_state
-from service.uploads import read_inspection_form
+from service.uploads import FormErrors, read_inspection_form
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["inspect"])
@@ -99,35 +99,26 @@ class _Decoded:
 
 
 def _parse_options(form: FormData) -> tuple[UploadFile, UploadFile | None, InspectOptions]:
-    errors: list[dict[str, Any]] = []
+    errors = FormErrors()
     files: dict[str, UploadFile | None] = {}
     for name in ("rgb", "depth"):
         value = form.get(name)
         if isinstance(value, UploadFile) or value is None:
             files[name] = value
         else:
-            errors.append(
-                {
-                    "loc": ("body", name),
-                    "msg": "expected a file upload (multipart with a filename)",
-                    "type": "value_error",
-                }
-            )
-    if files.get("rgb") is None and not errors:
-        errors.append({"loc": ("body", "rgb"), "msg": "Field required", "type": "missing"})
+            errors.add(name, "expected a file upload (multipart with a filename)")
+    if files.get("rgb") is None and not errors.errors:
+        errors.add("rgb", "Field required", "missing")
     values = {
         key: value
         for key, value in form.items()
         if key in InspectOptions.model_fields and isinstance(value, str) and value != ""
     }
-    try:
-        options = InspectOptions.model_validate(values)
-    except ValidationError as error:
-        errors.extend({**e, "loc": ("body", *e["loc"])} for e in error.errors())
-        options = None
-    if errors or options is None:
-        raise RequestValidationError(errors)
-    return files["rgb"], files["depth"], options  # type: ignore[return-value]
+    options = errors.validated(InspectOptions, values)
+    errors.raise_if_any()
+    rgb = files["rgb"]
+    assert rgb is not None and options is not None
+    return rgb, files["depth"], options
 
 
 def _serving_model(runtime: ModelRuntime) -> InspectionModel:

@@ -1,0 +1,122 @@
+"""Enrolment on the gateway's side: reserve the object, check for conflicts, ingest the upload into
+the sample store (in the ingest processes), queue the job. The route (service/routes/enrolment.py)
+parses the form and answers; this module does the steps, in order, undoing what it did on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+
+from redis.exceptions import RedisError
+from starlette.concurrency import run_in_threadpool
+
+from iumad.settings import Settings
+from model.errors import ConflictError
+from service.lineage import redis_or_503, require_lineage
+from service.schemas import EnrolOptions
+from service.state import AppState
+from service.uploads import ReceivedForm
+from store.ingest import IngestLimits, UploadedSamples, ingest_upload
+from store.job_store import JobRecord, JobStore
+from store.queue import submit_enrolment
+from store.registry import ModelRegistry
+from store.samples import StoredEnrolment
+
+
+async def accept_enrolment(
+    state: AppState, form: ReceivedForm, work: Path, request: EnrolOptions, job_id: str
+) -> tuple[JobRecord, StoredEnrolment]:
+    """Reserve the object for this job, store its samples and queue the job; on any failure the
+    reservation is released and nothing is stored."""
+    registry, jobs = require_lineage(state)
+    with redis_or_503("enrol"):
+        await run_in_threadpool(reserve_object, jobs, request.object, job_id)
+    try:
+        return await _ingest_and_submit(state, registry, jobs, form, work, request, job_id)
+    except BaseException:
+        with contextlib.suppress(RedisError):
+            await run_in_threadpool(jobs.release, request.object, job_id)
+        raise
+
+
+def reserve_object(jobs: JobStore, object_name: str, job_id: str) -> None:
+    """One enrolment per object at a time: two uploads of one object cannot both be queued."""
+    holder = jobs.reserve(object_name, job_id)
+    if holder is None:
+        return
+    record = jobs.get(holder)
+    what = f"a {record.status} enrolment job" if record is not None else "an enrolment upload in progress"
+    raise ConflictError(
+        f"object {object_name!r} already has {what} ({holder}); "
+        f"wait for it or cancel it (POST /jobs/{holder}/cancel)"
+    )
+
+
+def check_conflicts(registry: ModelRegistry, jobs: JobStore, request: EnrolOptions) -> None:
+    """An object with an open job, or already enrolled without replace=true, is a conflict."""
+    for record in jobs.open_jobs():
+        if record.object == request.object:
+            raise ConflictError(
+                f"object {request.object!r} already has a {record.status} enrolment job "
+                f"({record.id}); wait for it or cancel it (POST /jobs/{record.id}/cancel)"
+            )
+    active = registry.active()
+    if active is None or request.replace:
+        return
+    enrolled = [record.name for record in registry.manifest(active.version).objects]
+    if request.object in enrolled:
+        raise ConflictError(
+            f"object {request.object!r} is already enrolled (model version {active.version}); "
+            "send replace=true to retrain it"
+        )
+
+
+async def _ingest_and_submit(
+    state: AppState,
+    registry: ModelRegistry,
+    jobs: JobStore,
+    form: ReceivedForm,
+    work: Path,
+    request: EnrolOptions,
+    job_id: str,
+) -> tuple[JobRecord, StoredEnrolment]:
+    settings = state.settings
+    with redis_or_503("enrol"):
+        await run_in_threadpool(check_conflicts, registry, jobs, request)
+    stored = await state.ingest_pool.run(
+        ingest_upload, uploaded_samples(form, work, request, job_id, settings)
+    )
+    job_options = {
+        "holdout_fraction": request.holdout_fraction,
+        "target_false_reject_rate": request.target_false_reject_rate,
+        "max_minutes": request.max_minutes or settings.enroll_max_minutes,
+    }
+    try:
+        with redis_or_503("enrol"):
+            record = await run_in_threadpool(
+                submit_enrolment, registry.redis, settings, stored, request.replace, job_options
+            )
+            await run_in_threadpool(jobs.keep_reservation, request.object, job_id)
+    except BaseException:
+        await run_in_threadpool(shutil.rmtree, stored.directory, True)
+        raise
+    return record, stored
+
+
+def uploaded_samples(
+    form: ReceivedForm, work: Path, request: EnrolOptions, job_id: str, settings: Settings
+) -> UploadedSamples:
+    """The received form's files, as the ingest process takes them."""
+    archives = form.files_of("archive")
+    return UploadedSamples(
+        object_name=request.object,
+        enrolment_id=job_id,
+        work_dir=work,
+        samples_dir=settings.samples_dir,
+        holdout_fraction=request.holdout_fraction,
+        limits=IngestLimits.from_settings(settings),
+        archive=archives[0].path if archives else None,
+        files=tuple((received.filename, received.path) for received in form.files_of("files")),
+    )
