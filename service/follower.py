@@ -110,7 +110,7 @@ class VersionFollower:
 
     def _apply(self, version: str, sequence: int, source: str) -> None:
         self.active_sequence = sequence
-        if version == self.runtime.version or self.runtime.status()["loading"]:
+        if version == self.runtime.version or self.runtime.status().loading:
             return  # serving it already, or a load is under way (the next reconcile checks again)
         if (
             self._failed is not None

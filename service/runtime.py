@@ -41,7 +41,7 @@ from iumad.settings import Settings
 from model.errors import CheckpointError, IumadError
 from model.export import load_serving_model
 from model.inference import InspectionInput, InspectionModel, Prediction, PreparedBatch, prepare_inputs
-from service.errors import NotReadyError, QueueFullError
+from service.errors import NothingEnrolledError, NotReadyError, QueueFullError
 from service.metrics import (
     ACTIVE_MODEL,
     BATCH_SIZE,
@@ -81,6 +81,22 @@ class LoadFailure:
     version_dir: str
     message: str
     at: str  # ISO 8601, UTC
+
+
+@dataclass(frozen=True)
+class RuntimeStatus:
+    """What `/readyz` and the version follower read of the runtime, at one moment."""
+
+    state: RuntimeState
+    model_version: str | None
+    device: str
+    backend: str | None  # "torch" | "onnxruntime"; None while nothing serves
+    loading: bool
+    last_load_error: LoadFailure | None
+    queue_depth: int
+    max_queue: int
+    batches_run: int
+    items_run: int
 
 
 @dataclass
@@ -247,22 +263,37 @@ class ModelRuntime:
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
-    def status(self) -> dict[str, Any]:
-        failure = self._last_load_error
-        return {
-            "state": self.state.value,
-            "model_version": self.version,
-            "device": self.device,
-            "backend": model.backend if (model := self.model) is not None else None,
-            "loading": self._loading > 0,
-            "last_load_error": None
-            if failure is None
-            else {"version_dir": failure.version_dir, "message": failure.message, "at": failure.at},
-            "queue_depth": self.queue_depth,
-            "max_queue": self.max_queue,
-            "batches_run": self.batches_run,
-            "items_run": self.items_run,
-        }
+    def status(self) -> RuntimeStatus:
+        model = self.model
+        return RuntimeStatus(
+            state=self.state,
+            model_version=model.version if model is not None else None,
+            device=self.device,
+            backend=model.backend if model is not None else None,
+            loading=self._loading > 0,
+            last_load_error=self._last_load_error,
+            queue_depth=self.queue_depth,
+            max_queue=self.max_queue,
+            batches_run=self.batches_run,
+            items_run=self.items_run,
+        )
+
+    def serving_model(self) -> InspectionModel:
+        """The model new work runs on, or the error that says why there is none (503 / 409)."""
+        state, model = self.state, self.model
+        if state is RuntimeState.READY and model is not None:
+            return model
+        if state is RuntimeState.EMPTY:
+            raise NothingEnrolledError()
+        if state is RuntimeState.LOADING:
+            raise NotReadyError("the model version is still loading; retry shortly", retry_after_s=2)
+        if state is RuntimeState.FAILED:
+            failure = self.last_load_error
+            detail = f": {failure.message}" if failure else ""
+            raise NotReadyError(
+                f"no model version is serving: the active version failed to load{detail}", retry_after_s=10
+            )
+        raise NotReadyError("the gateway is shutting down; retry on another gateway", retry_after_s=1)
 
     def swap(self, new_model: InspectionModel) -> InspectionModel | None:
         """Serve `new_model` from the next batch on; returns the previous model (None at first).

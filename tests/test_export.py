@@ -113,7 +113,7 @@ def test_the_runtime_and_metrics_name_the_backend_in_use(exported, tmp_path):
     trained, _, path = exported
     directory = save_version(trained.net, trained.manifest, tmp_path / "v", extra_files={ONNX_FILE: path})
     runtime = ModelRuntime(max_batch_wait_ms=1)
-    assert runtime.backend == "auto" and runtime.status()["backend"] is None
+    assert runtime.backend == "auto" and runtime.status().backend is None
     runtime.load_and_swap(directory)
-    assert runtime.status()["backend"] == "onnxruntime"
+    assert runtime.status().backend == "onnxruntime"
     assert 'iumad_active_model_info{backend="onnxruntime"' in generate_latest(REGISTRY).decode()

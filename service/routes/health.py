@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
@@ -37,14 +38,14 @@ def readyz(state: Annotated[AppState, Depends(get_state)]) -> JSONResponse:
         active = None
     body = Readiness(
         ready=state.ready,
-        state=status["state"],
-        model_version=status["model_version"],
+        state=status.state.value,
+        model_version=status.model_version,
         active_version=active.name if active else None,
-        device=status["device"],
-        backend=status["backend"],
-        last_load_error=status["last_load_error"],
-        queue_depth=status["queue_depth"],
-        max_queue=status["max_queue"],
+        device=status.device,
+        backend=status.backend,
+        last_load_error=asdict(status.last_load_error) if status.last_load_error else None,
+        queue_depth=status.queue_depth,
+        max_queue=status.max_queue,
         auth_enabled=state.settings.auth_enabled,
     )
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if body.ready else 503)

@@ -29,12 +29,12 @@ from model.inference import InspectionInput, InspectionModel, PreparedBatch
 from model.network.anomaly_map import resize_map
 from service.auth import require_inspect
 from service.decision_log import DecisionRecord, utc_now_iso
-from service.errors import NothingEnrolledError, NotReadyError, disk_full_is_503
+from service.errors import disk_full_is_503
 from service.executors import in_pool
 from service.masks import encode_anomaly_map, encode_mask_png, encode_mask_rle
 from service.metrics import INSPECT_ERRORS, INSPECT_LATENCY, INSPECTIONS, STAGE_LATENCY
 from service.request_context import current_request_id, new_request_id
-from service.runtime import Admission, InferenceResult, ModelRuntime, RuntimeState
+from service.runtime import Admission, InferenceResult, ModelRuntime
 from service.schemas import OBJECT_NAME_PATTERN, AnomalyMap, InspectResponse, MaskFormat, RleMask, Timings
 from service.scoring import decision_score, score_spread, threshold_in_force
 from service.state import AppState, get_state
@@ -119,24 +119,6 @@ def _parse_options(form: FormData) -> tuple[UploadFile, UploadFile | None, Inspe
     rgb = files["rgb"]
     assert rgb is not None and options is not None
     return rgb, files["depth"], options
-
-
-def _serving_model(runtime: ModelRuntime) -> InspectionModel:
-    state = runtime.state
-    model = runtime.model
-    if state is RuntimeState.READY and model is not None:
-        return model
-    if state is RuntimeState.EMPTY:
-        raise NothingEnrolledError()
-    if state is RuntimeState.LOADING:
-        raise NotReadyError("the model version is still loading; retry shortly", retry_after_s=2)
-    if state is RuntimeState.FAILED:
-        failure = runtime.last_load_error
-        detail = f": {failure.message}" if failure else ""
-        raise NotReadyError(
-            f"no model version is serving: the active version failed to load{detail}", retry_after_s=10
-        )
-    raise NotReadyError("the gateway is shutting down; retry on another gateway", retry_after_s=1)
 
 
 def _decode(
@@ -264,7 +246,7 @@ async def inspect(
 
 async def _inspect(request: Request, state: AppState, started: float) -> InspectResponse:
     runtime = state.runtime
-    model = _serving_model(runtime)
+    model = runtime.serving_model()
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         raise UnsupportedMediaError(

@@ -9,8 +9,6 @@ from fastapi import APIRouter, Depends, Path
 from model.checkpoint import ObjectRecord
 from model.inference import InspectionModel
 from service.auth import require_inspect, require_operator
-from service.errors import NothingEnrolledError, NotReadyError
-from service.runtime import RuntimeState
 from service.schemas import OBJECT_NAME_PATTERN, ObjectInfo, ObjectList, ThresholdUpdate
 from service.state import AppState, get_state
 
@@ -38,14 +36,8 @@ def object_info(record: ObjectRecord, override: float | None, model_version: str
 
 
 def _serving_model(state: AppState) -> InspectionModel:
-    model = state.runtime.model
-    if model is not None:
-        return model
-    if state.runtime.state is RuntimeState.EMPTY:
-        raise NothingEnrolledError()
-    raise NotReadyError(
-        f"no model version is serving yet (state: {state.runtime.state.value})", retry_after_s=2
-    )
+    """The loaded model, even while the gateway drains (reading objects is not new work)."""
+    return state.runtime.model or state.runtime.serving_model()
 
 
 @router.get("", response_model=ObjectList, summary="List the enrolled objects")
