@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from iumad.names import OBJECT_NAME_ANCHORED, VERSION_NAME_ANCHORED
 from model.inference import ObjectSource
+from store.job_store import JobState
 
 OBJECT_NAME_PATTERN = OBJECT_NAME_ANCHORED
 VERSION_PATTERN = VERSION_NAME_ANCHORED
@@ -192,3 +193,51 @@ class EnrolmentAccepted(BaseModel):
     object: str
     message: str
     enrolment: dict[str, Any]
+
+
+class Job(BaseModel):
+    """An enrolment job's record (`GET /jobs/{id}` adds whether its version is active and served)."""
+
+    job_id: str
+    object: str
+    status: JobState
+    progress: float = Field(description="0 to 1.")
+    stage: str = Field(description="waiting, loading, features, training, calibration, saving, ...")
+    message: str
+    created_at: float = Field(description="Unix time.")
+    started_at: float | None
+    finished_at: float | None
+    version: str | None = Field(description="The version the job wrote (set when it saved one).")
+    parent: str | None
+    replace: bool
+    cancel_requested: bool
+    timings: dict[str, Any]
+    metrics: dict[str, Any]
+    forgetting_guard: dict[str, Any]
+    enrolment: dict[str, Any]
+    options: dict[str, Any]
+    version_active: bool | None = Field(
+        None, description="Whether `version` is still the registry's active version (GET /jobs/{id} only)."
+    )
+    version_serving: bool | None = Field(
+        None,
+        description="Whether this gateway already answers with `version`: wait for it before inspecting.",
+    )
+
+
+class JobList(BaseModel):
+    jobs: list[Job]
+
+
+class ActivePointer(BaseModel):
+    version: str
+    sequence: int = Field(description="Increases with every activation; send it as expected_sequence.")
+    activated_at: float
+    reason: str
+    previous: str | None
+
+
+class Activation(BaseModel):
+    active: ActivePointer
+    serving: str | None = Field(description="The version this gateway serves now (it swaps within a second).")
+    message: str

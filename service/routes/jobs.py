@@ -3,12 +3,13 @@ proceeds: store/queue.py)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
 
 from service.auth import require_inspect, require_operator
 from service.lineage import redis_or_503, require_lineage
+from service.schemas import Job, JobList
 from service.state import AppState, get_state
 from store.job_store import JobState
 from store.queue import cancel_enrolment, job_record
@@ -20,25 +21,29 @@ JobId = Annotated[
 ]
 
 
-@router.get("", summary="Recent enrolment jobs, newest first")
+@router.get("", response_model=JobList, summary="Recent enrolment jobs, newest first")
 def list_jobs(
     state: Annotated[AppState, Depends(get_state)],
     _role: Annotated[str, Depends(require_inspect)],
     status: JobState | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-) -> dict[str, Any]:
+) -> JobList:
     _, jobs = require_lineage(state)
     with redis_or_503("list jobs"):
         records = jobs.list(limit=limit, status=status)
-    return {"jobs": [record.to_dict() for record in records]}
+    return JobList(jobs=[Job(**record.to_dict()) for record in records])
 
 
-@router.get("/{job_id}", summary="One job: status, progress, stage, timings, resulting version and metrics")
+@router.get(
+    "/{job_id}",
+    response_model=Job,
+    summary="One job: status, progress, stage, timings, resulting version and metrics",
+)
 def get_job(
     job_id: JobId,
     state: Annotated[AppState, Depends(get_state)],
     _role: Annotated[str, Depends(require_inspect)],
-) -> dict[str, Any]:
+) -> Job:
     """`succeeded` means the version is written and activated; gateways load it a moment later.
     `version_active` says whether it is still the registry's active version, `version_serving`
     whether this gateway already answers with it (wait for that before inspecting)."""
@@ -46,16 +51,16 @@ def get_job(
     with redis_or_503("read the job"):
         record = job_record(jobs, job_id)
         active = registry.active() if record.version else None
-    return record.to_dict() | {
-        "version_active": record.version is not None
-        and active is not None
-        and active.version == record.version,
-        "version_serving": record.version is not None and state.runtime.version == record.version,
-    }
+    return Job(
+        **record.to_dict(),
+        version_active=record.version is not None and active is not None and active.version == record.version,
+        version_serving=record.version is not None and state.runtime.version == record.version,
+    )
 
 
 @router.post(
     "/{job_id}/cancel",
+    response_model=Job,
     summary="Cancel a queued or running job (operator)",
     responses={404: {"description": "Unknown job."}, 409: {"description": "The job already ended."}},
 )
@@ -63,10 +68,10 @@ def cancel_job(
     job_id: JobId,
     state: Annotated[AppState, Depends(get_state)],
     _role: Annotated[str, Depends(require_operator)],
-) -> dict[str, Any]:
+) -> Job:
     registry, jobs = require_lineage(state)
     with redis_or_503("cancel the job"):
         record = cancel_enrolment(
             jobs, registry, state.settings.samples_dir, job_id, state.settings.cancel_grace_s
         )
-    return record.to_dict()
+    return Job(**record.to_dict())

@@ -12,7 +12,7 @@ from model.errors import CheckpointError, NotFoundError
 from service.auth import require_inspect, require_operator
 from service.errors import NothingEnrolledError, ServiceUnavailableError
 from service.lineage import redis_or_503, require_lineage
-from service.schemas import VERSION_PATTERN, ModelInfo, ModelList
+from service.schemas import VERSION_PATTERN, Activation, ActivePointer, ModelInfo, ModelList
 from service.state import AppState, find_active_version, get_state
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -109,6 +109,7 @@ def get_model(
 
 @router.post(
     "/{version}/activate",
+    response_model=Activation,
     summary="Activate a version: roll back, or accept a needs_review candidate",
     responses={
         404: {"description": "Unknown version."},
@@ -122,7 +123,7 @@ def activate_model(
     state: Annotated[AppState, Depends(get_state)],
     _role: Annotated[str, Depends(require_operator)],
     expected_sequence: int | None = None,
-) -> dict[str, Any]:
+) -> Activation:
     """Points every gateway at `version`; each loads and warms it, then swaps (see `serving` in /readyz)."""
     registry, _ = require_lineage(state)
     registry.verify(version)  # never point the fleet at files that cannot load
@@ -130,9 +131,9 @@ def activate_model(
         active = registry.activate(
             version, expected_sequence, reason="operator: POST /models/{version}/activate"
         )
-    return {
-        "active": active.to_dict(),
-        "serving": state.runtime.version,
-        "message": f"version {version} is active (sequence {active.sequence}); gateways swap to it within "
+    return Activation(
+        active=ActivePointer(**active.to_dict()),
+        serving=state.runtime.version,
+        message=f"version {version} is active (sequence {active.sequence}); gateways swap to it within "
         "about a second",
-    }
+    )
