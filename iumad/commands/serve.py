@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
@@ -73,11 +74,20 @@ class GatewayServer(uvicorn.Server):
             state.runtime.begin_drain()
             log.info("signal %d: draining (readiness is now 503)", sig)
         super().handle_exit(sig, frame)
-        # uvicorn re-raises the signal after its graceful shutdown, which would kill the process before
-        # `run()` stops the services; a drained gateway exits normally (status 0) instead.
-        captured = getattr(self, "_captured_signals", None)
-        if isinstance(captured, list):
-            captured.clear()
+
+    def run_until_drained(self) -> None:
+        """`run()`, ending normally after a graceful shutdown. uvicorn re-raises the signal it caught
+        once it has shut down, to the handler that was installed before it; that handler is this
+        one, which lets `run()` return (so the services stop and the exit status is 0) and, for a
+        signal that arrives before uvicorn listens, starts the same graceful exit."""
+
+        def after_uvicorn(sig: int, frame: FrameType | None) -> None:
+            if not self.should_exit:
+                self.handle_exit(sig, frame)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, after_uvicorn)
+        self.run()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         log.info(
             "serving on http://%s:%d (data directory %s)", settings.host, settings.port, settings.data_dir
         )
-        GatewayServer(config, app).run()
+        GatewayServer(config, app).run_until_drained()
     finally:
         services.close()
     return 0
