@@ -26,7 +26,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,8 @@ import httpx
 import numpy as np
 import tifffile
 from PIL import Image
+
+from iumad.embedded import free_port
 
 
 @dataclass
@@ -469,12 +470,6 @@ def start_server(data_dir: str, port: int, log_path: Path) -> subprocess.Popen:
         time.sleep(0.5)
     process.kill()
     raise SystemExit(f"the gateway did not become ready; see {log_path}")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def print_report(report: dict) -> None:

@@ -1,4 +1,4 @@
-"""What a valid object name and model version id are: one pattern each, for every module.
+"""What a valid object name, model version id and job id are: one pattern each, for every module.
 
 Object names and version ids become directory names and metric labels, so the patterns admit
 nothing that can leave a folder or break a line. Checks use `fullmatch`: `re.match` with `$`
@@ -11,9 +11,11 @@ import re
 
 OBJECT_NAME = r"[a-z0-9][a-z0-9_-]{0,63}"
 VERSION_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+JOB_ID = r"[A-Za-z0-9_-]{1,64}"  # also the enrolment id (a folder name under samples/<object>/)
 # Anchored forms for OpenAPI / pydantic `pattern=` constraints (which search, not match).
 OBJECT_NAME_ANCHORED = f"^{OBJECT_NAME}$"
 VERSION_NAME_ANCHORED = f"^{VERSION_NAME}$"
+JOB_ID_ANCHORED = f"^{JOB_ID}$"
 
 
 def is_object_name(value: object) -> bool:
@@ -22,3 +24,7 @@ def is_object_name(value: object) -> bool:
 
 def is_version_name(value: object) -> bool:
     return isinstance(value, str) and re.fullmatch(VERSION_NAME, value) is not None and ".." not in value
+
+
+def is_job_id(value: object) -> bool:
+    return isinstance(value, str) and re.fullmatch(JOB_ID, value) is not None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import shutil
 import time
 import zlib
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from iumad.names import is_object_name
+from iumad.names import is_job_id, is_object_name
 from model.atomic_write import publish_directory
 from model.data.decode import read_depth, read_rgb
 from model.errors import InputError, IumadError
@@ -224,7 +223,7 @@ def remove_idle_folders(folders: Iterable[Path], idle_s: float) -> list[Path]:
 def discard_enrolment(samples_dir: Path, object_name: str, enrolment_id: str) -> None:
     """Remove the samples of an enrolment no model version uses (its job failed or was canceled)."""
     check_object_name(object_name)
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", enrolment_id):
+    if not is_job_id(enrolment_id):
         raise EnrolmentInputError(f"{enrolment_id!r} is not an enrolment id")
     folder = Path(samples_dir) / object_name
     shutil.rmtree(folder / enrolment_id, ignore_errors=True)

@@ -15,15 +15,11 @@ import httpx
 import pytest
 from service_support import build_version, files_for, part
 
+from iumad.embedded import free_port
+
 LIMIT = 1_000_000  # IUMAD_MAX_INSPECT_BYTES for this server
 BODY_TIMEOUT_S = 2.0  # IUMAD_BODY_TIMEOUT_S
 VERSION = "v20260101T000000-test01"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

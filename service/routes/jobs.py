@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
 
+from iumad.names import JOB_ID_ANCHORED
 from service.auth import require_inspect, require_operator
 from service.lineage import redis_or_503, require_lineage
 from service.schemas import Job, JobList
@@ -16,9 +17,7 @@ from store.queue import cancel_enrolment, job_record
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-JobId = Annotated[
-    str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="A job id from POST /enroll-object.")
-]
+JobId = Annotated[str, Path(pattern=JOB_ID_ANCHORED, description="A job id from POST /enroll-object.")]
 
 
 @router.get("", response_model=JobList, summary="Recent enrolment jobs, newest first")
