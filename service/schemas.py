@@ -241,3 +241,20 @@ class Activation(BaseModel):
     active: ActivePointer
     serving: str | None = Field(description="The version this gateway serves now (it swaps within a second).")
     message: str
+
+
+class InspectOptions(BaseModel):
+    """The non-file form fields of `POST /inspect`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    object: str | None = Field(
+        None,
+        pattern=OBJECT_NAME_PATTERN,
+        description="The object; omitted = the nearest enrolled object prototype chooses.",
+    )
+    mask: MaskFormat = Field("png", description="none | png (base64 1-bit PNG) | rle (see RleMask).")
+    return_map: bool = Field(False, description="Also return the continuous anomaly map (16-bit PNG).")
+    threshold: float | None = Field(
+        None, allow_inf_nan=False, description="Raw-score threshold for this request only."
+    )
