@@ -407,14 +407,46 @@ def _shifted(field: np.ndarray, dv: int, du: int) -> np.ndarray:
 def render_image(
     object_name: str, size: int, seed: int, split: str, index: int, defect: str | None = None
 ) -> SyntheticImage:
-    """One RGB + xyz capture of `object_name`; with `defect`, the same capture with that defect."""
+    """One RGB + xyz capture of `object_name`; with `defect`, the same capture with that defect.
+
+    Steps, in the order they draw random numbers (changing it changes every image): the part's pose
+    and surface, the capture conditions (drawn before the defect, so a defective image is its normal
+    twin plus the defect), the defect, then geometry, shading and the sensor's dropouts."""
     kind, variant = _base_type(object_name)
     style = OBJECTS[kind]
     rng = image_rng(seed, object_name, split, index, "normal")
     station = station_for(seed, object_name, size)
-    scale = size / 224.0
+    grid = _pose_grid(rng, size)
+    scene = _scene(kind, variant, style, station, grid, rng, size)
+    capture = _capture(station, rng, size)
+    gt = np.zeros((size, size), bool)
+    if defect is not None:
+        gt = apply_defect(scene, defect, image_rng(seed, object_name, split, index, "defect"), size)
+    z, focal, pixel_metres = _depth(scene, capture, grid, size)
+    rgb, albedo, specular = _shade(scene, capture, style, pixel_metres, size)
+    invalid = _dropouts(scene, capture, station, style, albedo, specular, pixel_metres)
+    z = z + capture.depth_noise
+    u, v, centre = grid.u, grid.v, grid.centre
+    xyz = np.stack([(u - centre) * z / focal, (v - centre) * z / focal, z], axis=-1).astype(np.float32)
+    xyz[invalid] = 0.0
+    return SyntheticImage(rgb=rgb, xyz=xyz, gt=gt)
 
-    # Pose and proportions.
+
+@dataclass(frozen=True)
+class _PoseGrid:
+    """Pixel coordinates (u, v) and the part's own coordinates (p, q) at each pixel."""
+
+    u: np.ndarray
+    v: np.ndarray
+    p: np.ndarray
+    q: np.ndarray
+    centre: float
+    zoom: float
+    proportions: np.ndarray
+
+
+def _pose_grid(rng: np.random.Generator, size: int) -> _PoseGrid:
+    """A random pose: rotation, shift, zoom and proportions."""
     angle = rng.uniform(0, 2 * np.pi)
     shift = rng.normal(0.0, 0.035, 2) * size
     zoom = rng.uniform(0.96, 1.04)
@@ -425,28 +457,61 @@ def render_image(
     du, dv = du / OBJECT_SCALE, dv / OBJECT_SCALE
     p = np.cos(angle) * du + np.sin(angle) * dv
     q = -np.sin(angle) * du + np.cos(angle) * dv
+    return _PoseGrid(u, v, p, q, centre, zoom, proportions)
 
-    distance, top = SHAPES[kind](p, q, proportions)
-    coverage = np.clip(distance * size * zoom * OBJECT_SCALE + 0.5, 0.0, 1.0).astype(np.float32)
+
+def _scene(
+    kind: str,
+    variant: int,
+    style: ObjectStyle,
+    station: Station,
+    grid: _PoseGrid,
+    rng: np.random.Generator,
+    size: int,
+) -> Scene:
+    """The part's height field, coverage and surface, and the table's surface."""
+    distance, top = SHAPES[kind](grid.p, grid.q, grid.proportions)
+    coverage = np.clip(distance * size * grid.zoom * OBJECT_SCALE + 0.5, 0.0, 1.0).astype(np.float32)
     rounding = smoothstep(distance / style.bevel) if style.bevel > 0 else (distance > 0).astype(np.float32)
     height_scale = style.height * rng.uniform(0.96, 1.04)
     height = (height_scale * rounding * top * coverage).astype(np.float32)
     height += (0.00015 * smooth_noise(rng, size, 10) * coverage).astype(np.float32)  # surface waviness
-
-    scene = Scene(
+    return Scene(
         height=height,
         coverage=coverage,
-        albedo=_surface_albedo(kind, style, p, q, rng, size, variant).astype(np.float32),
+        albedo=_surface_albedo(kind, style, grid.p, grid.q, rng, size, variant).astype(np.float32),
         table_albedo=_table_albedo(station, rng, size).astype(np.float32),
         hidden_relief=np.zeros((size, size), np.float32),
     )
 
-    # Capture conditions, drawn before the defect so a defective image is its normal twin + defect.
+
+@dataclass(frozen=True)
+class _Capture:
+    """One capture's conditions: light, exposure, the table's pose and the sensor's noise."""
+
+    light: np.ndarray
+    ambient: float
+    exposure: float
+    white_balance: np.ndarray
+    table_z: float
+    tilt: np.ndarray
+    rgb_noise: np.ndarray
+    depth_noise: np.ndarray
+    dropout_noise: np.ndarray
+    speckle_noise: np.ndarray
+    background_dropout: float
+    edge_threshold: float
+    edge_keep: float
+    edge_pick: np.ndarray
+    projector_shift: int
+
+
+def _capture(station: Station, rng: np.random.Generator, size: int) -> _Capture:
     light = np.array(
         [station.light[0] + rng.normal(0.0, 0.04), station.light[1] + rng.normal(0.0, 0.04), 1.0]
     )
     light /= np.linalg.norm(light)
-    ambient, exposure = station.ambient, rng.uniform(0.96, 1.04)
+    exposure = rng.uniform(0.96, 1.04)
     white_balance = rng.uniform(0.99, 1.01, 3).astype(np.float32)
     table_z = station.table_z + rng.normal(0.0, 0.0005)
     tilt = np.array(station.tilt) + rng.normal(0.0, 0.0003, 2)
@@ -459,19 +524,42 @@ def render_image(
     background_dropout = rng.uniform(0.0, 0.03)
     edge_threshold, edge_keep = rng.uniform(0.8, 1.6), rng.uniform(0.6, 0.95)
     edge_pick = rng.random((size, size))
-    projector_shift = max(1, int(round(rng.uniform(2.0, 5.0) * scale)))
+    projector_shift = max(1, int(round(rng.uniform(2.0, 5.0) * size / 224.0)))
+    return _Capture(
+        light,
+        station.ambient,
+        exposure,
+        white_balance,
+        table_z,
+        tilt,
+        rgb_noise,
+        depth_noise,
+        dropout_noise,
+        speckle_noise,
+        background_dropout,
+        edge_threshold,
+        edge_keep,
+        edge_pick,
+        projector_shift,
+    )
 
-    gt = np.zeros((size, size), bool)
-    if defect is not None:
-        gt = apply_defect(scene, defect, image_rng(seed, object_name, split, index, "defect"), size)
 
-    # Geometry: table plane minus object height, back-projected through a pinhole camera.
+def _depth(scene: Scene, capture: _Capture, grid: _PoseGrid, size: int) -> tuple[np.ndarray, float, float]:
+    """Table plane minus the part's height -> (z, focal length in px, metres per pixel on the table)."""
     focal = size * TABLE_Z / FIELD_OF_VIEW
-    z_table = table_z + tilt[0] * (u - centre) / size + tilt[1] * (v - centre) / size
+    centre = grid.centre
+    tilt = capture.tilt
+    z_table = capture.table_z + tilt[0] * (grid.u - centre) / size + tilt[1] * (grid.v - centre) / size
     z = (z_table - scene.height).astype(np.float32)
-    pixel_metres = table_z / focal
+    return z, focal, capture.table_z / focal
 
-    # Shading: Lambert + a little specular, cast shadow of the part on the table.
+
+def _shade(
+    scene: Scene, capture: _Capture, style: ObjectStyle, pixel_metres: float, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lambert + a little specular, the part's cast shadow on the table -> (rgb, albedo, specular)."""
+    scale = size / 224.0
+    light = capture.light
     gx, gy = _gradient((scene.height - scene.hidden_relief) / pixel_metres)
     normal = np.stack([-gx, -gy, np.ones_like(gx)], axis=-1)
     normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
@@ -481,29 +569,37 @@ def render_image(
     reach = style.height / pixel_metres * 0.6
     shadow = _shifted(scene.coverage, int(round(-light[1] * reach)), int(round(-light[0] * reach)))
     shadow = ndimage.gaussian_filter(shadow, 2.0 * scale) * (1.0 - scene.coverage)
+    ambient = capture.ambient
     shade = ambient + (1.0 - ambient) * lambert * (1.0 - 0.45 * shadow)
     albedo = scene.coverage[..., None] * scene.albedo + (1 - scene.coverage[..., None]) * scene.table_albedo
-    linear = (albedo * shade[..., None] + specular[..., None]) * exposure * white_balance
-    linear = ndimage.gaussian_filter(linear, sigma=(0.5 * scale, 0.5 * scale, 0)) + rgb_noise
+    linear = (albedo * shade[..., None] + specular[..., None]) * capture.exposure * capture.white_balance
+    linear = ndimage.gaussian_filter(linear, sigma=(0.5 * scale, 0.5 * scale, 0)) + capture.rgb_noise
     rgb = (np.clip(linear, 0.0, 1.0) ** (1 / 1.4) * 255.0 + 0.5).astype(np.uint8)
+    return rgb, albedo, specular
 
-    # Structured-light dropouts: steep walls, projector shadow beside raised parts, dark or shiny
-    # patches, random blobs on the table.
+
+def _dropouts(
+    scene: Scene,
+    capture: _Capture,
+    station: Station,
+    style: ObjectStyle,
+    albedo: np.ndarray,
+    specular: np.ndarray,
+    pixel_metres: float,
+) -> np.ndarray:
+    """Where a structured-light sensor measures nothing: steep walls, the projector's shadow beside
+    raised parts, dark or shiny patches, random blobs on the table."""
     sx, sy = _gradient(scene.height / pixel_metres)
-    steep = (np.hypot(sx, sy) > edge_threshold) & (edge_pick < edge_keep)
+    steep = (np.hypot(sx, sy) > capture.edge_threshold) & (capture.edge_pick < capture.edge_keep)
     raised = scene.height > 0.25 * style.height
-    projector_shadow = _shifted(raised.astype(np.float32), 0, projector_shift) > 0.5
+    projector_shadow = _shifted(raised.astype(np.float32), 0, capture.projector_shift) > 0.5
     projector_shadow &= ~raised
     on_table = scene.coverage < 0.5
     fixed = station.unmeasurable > np.quantile(station.unmeasurable, 1.0 - station.unmeasurable_fraction)
-    table_blobs = on_table & (fixed | (dropout_noise > np.quantile(dropout_noise, 1.0 - background_dropout)))
-    dark = (albedo.mean(axis=-1) < 0.16) & (speckle_noise > 1.5)
-    invalid = steep | projector_shadow | table_blobs | dark | (specular > 0.25)
-
-    z = z + depth_noise
-    xyz = np.stack([(u - centre) * z / focal, (v - centre) * z / focal, z], axis=-1).astype(np.float32)
-    xyz[invalid] = 0.0
-    return SyntheticImage(rgb=rgb, xyz=xyz, gt=gt)
+    blobs = capture.dropout_noise > np.quantile(capture.dropout_noise, 1.0 - capture.background_dropout)
+    table_blobs = on_table & (fixed | blobs)
+    dark = (albedo.mean(axis=-1) < 0.16) & (capture.speckle_noise > 1.5)
+    return steep | projector_shadow | table_blobs | dark | (specular > 0.25)
 
 
 # ------------------------------------------------------------------------------------------- writing
