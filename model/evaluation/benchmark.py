@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -236,10 +237,66 @@ def run_benchmark(
     root = Path(root)
     order = order_objects(list_objects(root), objects)
     plan = protocol_steps(protocol, order)
+    data = _benchmark_data(root, order, image_size, skip_bad, test_validation, progress)
+    runner = METHODS[method](image_size=image_size, **method_options)
+    started = time.perf_counter()
+    steps: list[dict] = []
+    raw: list[dict[str, dict]] = []  # unrounded fractions, for the Forgetting Measure
+    step_seconds: list[list[float]] = []
+    seen: list[str] = []
+    for index, step_objects in enumerate(plan):
+        _say(progress, f"[step {index + 1}/{len(plan)}] learning {', '.join(step_objects)} ({method})")
+        step_start = time.perf_counter()
+        runner.learn(list(step_objects), {name: data.train[name] for name in step_objects})
+        learn_seconds = time.perf_counter() - step_start
+        seen += step_objects
+        evaluation, raw_step = _evaluate_seen(runner, seen, data, progress)
+        steps.append({"trained": list(step_objects), "eval": evaluation})
+        raw.append(raw_step)
+        step_seconds.append(
+            [round(learn_seconds, 1), round(time.perf_counter() - step_start - learn_seconds, 1)]
+        )
+        mean = step_means(steps[-1])
+        _say(progress, f"  mean I-AUROC {mean['i_auroc']}  P-AUROC {mean['p_auroc']}  AUPRO {mean['aupro']}")
+
+    learned_at = {name: index for index, step in enumerate(plan) for name in step}
+    results = {"method": method, "protocol": protocol, "steps": steps, "fm": forgetting(raw, learned_at)}
+    memory = getattr(runner, "memory_bytes", None)
+    details = {
+        "image_size": image_size,
+        "objects": order,
+        "seconds": round(time.perf_counter() - started, 1),
+        "step_seconds": step_seconds,
+        "memory_bytes": int(memory()) if callable(memory) else None,
+        "skipped": data.problems,
+        "test_items": {name: len(data.test[name]) for name in order},
+        "test_validation": test_validation,
+        "training": getattr(runner, "history", None),  # ib-iumad: each step's steps and timings
+    }
+    if out_dir is not None:
+        _write_results(Path(out_dir), results, details, progress)
+    return results
+
+
+@dataclass
+class BenchmarkData:
+    """Every object's samples, listed (and checked) before any training, with what scoring needs."""
+
+    train: dict[str, list[Sample]]
+    test: dict[str, list[Sample]]
+    truths: dict[str, np.ndarray]  # per object: (N, S, S) ground-truth masks at network resolution
+    labels: dict[str, np.ndarray]  # per object: 1 = anomalous test sample
+    problems: list[str]  # bad items skipped (with skip_bad)
+
+
+def _benchmark_data(
+    root: Path, order: list[str], image_size: int, skip_bad: bool, test_validation: bool, progress: bool
+) -> BenchmarkData:
+    """List everything first: a bad dataset fails before hours of training."""
     problems: list[str] = []
     train: dict[str, list[Sample]] = {}
     test: dict[str, list[Sample]] = {}
-    for name in order:  # list everything first: a bad dataset fails before hours of training
+    for name in order:
         train[name] = _checked(list_samples(root, name, "train", skip_bad, problems), skip_bad, problems)
         test[name] = _checked(list_samples(root, name, "test", skip_bad, problems), skip_bad, problems)
         if test_validation:
@@ -250,59 +307,38 @@ def run_benchmark(
             raise InputError(f"{name}: no usable train or test samples left after skipping bad items")
     if problems:
         _say(progress, f"skipped {len(problems)} bad item(s); first: {problems[0]}")
+    return BenchmarkData(
+        train=train,
+        test=test,
+        truths={name: ground_truth(test[name], image_size) for name in order},
+        labels={name: np.array([s.is_anomalous for s in test[name]], dtype=int) for name in order},
+        problems=problems,
+    )
 
-    runner = METHODS[method](image_size=image_size, **method_options)
-    truths = {name: ground_truth(test[name], image_size) for name in order}
-    labels = {name: np.array([s.is_anomalous for s in test[name]], dtype=int) for name in order}
-    learned_at = {name: index for index, step in enumerate(plan) for name in step}
-    steps: list[dict] = []
-    raw: list[dict[str, dict]] = []  # unrounded fractions, for the Forgetting Measure
-    step_seconds: list[list[float]] = []
-    seen: list[str] = []
-    started = time.perf_counter()
-    for index, step_objects in enumerate(plan):
-        _say(progress, f"[step {index + 1}/{len(plan)}] learning {', '.join(step_objects)} ({method})")
-        step_start = time.perf_counter()
-        runner.learn(list(step_objects), {name: train[name] for name in step_objects})
-        learn_seconds = time.perf_counter() - step_start
-        seen += step_objects
-        evaluation, raw_step = {}, {}
-        for name in seen:
-            scores, maps = runner.predict(name, test[name])
-            fractions = score_object(labels[name], np.asarray(scores), truths[name], np.asarray(maps), name)
-            evaluation[name] = {key: percent(value) for key, value in fractions.items()}
-            raw_step[name] = fractions
-            _say(
-                progress,
-                f"  {name:<16} I-AUROC {evaluation[name]['i_auroc']}  P-AUROC "
-                f"{evaluation[name]['p_auroc']}  AUPRO {evaluation[name]['aupro']}",
-            )
-        steps.append({"trained": list(step_objects), "eval": evaluation})
-        raw.append(raw_step)
-        step_seconds.append(
-            [round(learn_seconds, 1), round(time.perf_counter() - step_start - learn_seconds, 1)]
+
+def _evaluate_seen(
+    runner: IncrementalMethod, seen: list[str], data: BenchmarkData, progress: bool
+) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Every object learned so far, scored: (metrics in percent, the unrounded fractions)."""
+    evaluation, raw_step = {}, {}
+    for name in seen:
+        scores, maps = runner.predict(name, data.test[name])
+        fractions = score_object(
+            data.labels[name], np.asarray(scores), data.truths[name], np.asarray(maps), name
         )
-        mean = step_means(steps[-1])
-        _say(progress, f"  mean I-AUROC {mean['i_auroc']}  P-AUROC {mean['p_auroc']}  AUPRO {mean['aupro']}")
+        evaluation[name] = {key: percent(value) for key, value in fractions.items()}
+        raw_step[name] = fractions
+        _say(
+            progress,
+            f"  {name:<16} I-AUROC {evaluation[name]['i_auroc']}  P-AUROC "
+            f"{evaluation[name]['p_auroc']}  AUPRO {evaluation[name]['aupro']}",
+        )
+    return evaluation, raw_step
 
-    results = {"method": method, "protocol": protocol, "steps": steps, "fm": forgetting(raw, learned_at)}
-    memory = getattr(runner, "memory_bytes", None)
-    details = {
-        "image_size": image_size,
-        "objects": order,
-        "seconds": round(time.perf_counter() - started, 1),
-        "step_seconds": step_seconds,
-        "memory_bytes": int(memory()) if callable(memory) else None,
-        "skipped": problems,
-        "test_items": {name: len(test[name]) for name in order},
-        "test_validation": test_validation,
-        "training": getattr(runner, "history", None),  # ib-iumad: each step's steps and timings
-    }
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        (out / "run.json").write_text(json.dumps(details, indent=2) + "\n")
-        (out / "results.md").write_text(results_markdown(results, details))
-        _say(progress, f"wrote {out / 'results.json'}, {out / 'results.md'} and {out / 'run.json'}")
-    return results
+
+def _write_results(out: Path, results: dict, details: dict, progress: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "run.json").write_text(json.dumps(details, indent=2) + "\n")
+    (out / "results.md").write_text(results_markdown(results, details))
+    _say(progress, f"wrote {out / 'results.json'}, {out / 'results.md'} and {out / 'run.json'}")
