@@ -258,6 +258,8 @@ def cpu_per_request_ms(cpu_seconds: float | None, phase: PhaseResult) -> float |
 
 
 async def run_service_phases(args: argparse.Namespace, rgb: bytes, depth: bytes | None) -> dict:
+    """Single client, then `--clients` alternated with the offline model, then the optional half
+    load, swap and soak phases, all against the gateway at `args.url`."""
     files = {"rgb": ("part.png", rgb, "image/png")}
     if depth is not None:
         files["depth"] = ("part.depth", depth, "application/octet-stream")
@@ -267,11 +269,7 @@ async def run_service_phases(args: argparse.Namespace, rgb: bytes, depth: bytes 
         max_connections=max(args.clients, 64), max_keepalive_connections=max(args.clients, 64)
     )
     async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as client:
-        ready = (await client.get(f"{args.url}/readyz")).json()
-        if args.activate and ready.get("model_version") != args.activate:
-            ready = await activate(client, args.url, args.activate)
-        if not ready.get("ready") or ready.get("state") != "ready":
-            raise SystemExit(f"the gateway is not serving a model: {ready}")
+        ready = await _serving(client, args)
         for _ in range(5):  # warm the connections and the server's code paths
             await Inspector(client, args.url, files, data).once()
         rss_before = await server_rss_mb(client, args.url)
@@ -280,38 +278,14 @@ async def run_service_phases(args: argparse.Namespace, rgb: bytes, depth: bytes 
         single_seconds = await closed_loop(single, 1, args.single_seconds)
         offline = OfflineModel.load(args, ready.get("model_version"), rgb, depth)
         load = Inspector(client, args.url, files, data)
-        rounds: list[dict] = []
-        load_seconds = client_cpu = 0.0
-        server_cpu: float | None = 0.0
-        for _ in range(args.rounds):
-            # Service and offline alternate, so that a slower minute of a shared machine weighs on both.
-            requests_before = len(load.latencies) + sum(load.failures.values())
-            server_cpu_before = await server_process_metric(client, args.url, "process_cpu_seconds_total")
-            client_cpu_before = time.process_time()
-            seconds = await closed_loop(load, args.clients, args.seconds / args.rounds)
-            client_cpu += time.process_time() - client_cpu_before
-            server_cpu_after = await server_process_metric(client, args.url, "process_cpu_seconds_total")
-            if server_cpu is not None and server_cpu_before is not None and server_cpu_after is not None:
-                server_cpu += server_cpu_after - server_cpu_before
-            else:
-                server_cpu = None
-            load_seconds += seconds
-            answered = len(load.latencies) + sum(load.failures.values()) - requests_before
-            entry = {"service_rps": round(answered / seconds, 2)}
-            if offline is not None:
-                measured = await asyncio.to_thread(offline.measure, args.offline_seconds / args.rounds)
-                entry |= {
-                    "offline_ips": measured["throughput_ips"],
-                    "ratio": round(entry["service_rps"] / measured["throughput_ips"], 3),
-                    "offline_cpu_ms_per_pair": measured["cpu_ms_per_pair"],
-                }
-            rounds.append(entry)
+        alternated = await _alternated_rounds(client, args, load, offline)
         phases = [
             summarise("single", single_seconds, single.latencies, single.failures),
-            summarise(f"load x{args.clients}", load_seconds, load.latencies, load.failures),
+            summarise(f"load x{args.clients}", alternated.load_seconds, load.latencies, load.failures),
         ]
         # Where the two cores went during the load phase: the gateway process (model included) and
         # this load generator, which shares the machine with it.
+        server_cpu, client_cpu = alternated.server_cpu_s, alternated.client_cpu_s
         load_cpu = {
             "server_cpu_s": None if server_cpu is None else round(server_cpu, 2),
             "server_cpu_ms_per_request": cpu_per_request_ms(server_cpu, phases[1]),
@@ -335,11 +309,59 @@ async def run_service_phases(args: argparse.Namespace, rgb: bytes, depth: bytes 
         "phases": [asdict(phase) for phase in phases],
         "server_rss_mb": {"before": rss_before, "after": rss_after},
         "load_cpu": load_cpu,
-        "rounds": rounds,
-        "offline": None if offline is None else offline.describe(rounds),
+        "rounds": alternated.rounds,
+        "offline": None if offline is None else offline.describe(alternated.rounds),
         "soak": soak,
         "swap": swap,
     }
+
+
+async def _serving(client: httpx.AsyncClient, args: argparse.Namespace) -> dict:
+    """The gateway's /readyz once it serves (`--activate` first, when given)."""
+    ready = (await client.get(f"{args.url}/readyz")).json()
+    if args.activate and ready.get("model_version") != args.activate:
+        ready = await activate(client, args.url, args.activate)
+    if not ready.get("ready") or ready.get("state") != "ready":
+        raise SystemExit(f"the gateway is not serving a model: {ready}")
+    return ready
+
+
+@dataclass
+class AlternatedRounds:
+    rounds: list[dict]  # per round: service req/s, and the offline model's pairs/s and their ratio
+    load_seconds: float
+    client_cpu_s: float
+    server_cpu_s: float | None  # None when the gateway does not export its process CPU
+
+
+async def _alternated_rounds(
+    client: httpx.AsyncClient, args: argparse.Namespace, load: Inspector, offline: OfflineModel | None
+) -> AlternatedRounds:
+    """Service and offline alternate, so that a slower minute of a shared machine weighs on both."""
+    result = AlternatedRounds(rounds=[], load_seconds=0.0, client_cpu_s=0.0, server_cpu_s=0.0)
+    for _ in range(args.rounds):
+        requests_before = len(load.latencies) + sum(load.failures.values())
+        server_cpu_before = await server_process_metric(client, args.url, "process_cpu_seconds_total")
+        client_cpu_before = time.process_time()
+        seconds = await closed_loop(load, args.clients, args.seconds / args.rounds)
+        result.client_cpu_s += time.process_time() - client_cpu_before
+        server_cpu_after = await server_process_metric(client, args.url, "process_cpu_seconds_total")
+        if result.server_cpu_s is not None and server_cpu_before is not None and server_cpu_after is not None:
+            result.server_cpu_s += server_cpu_after - server_cpu_before
+        else:
+            result.server_cpu_s = None
+        result.load_seconds += seconds
+        answered = len(load.latencies) + sum(load.failures.values()) - requests_before
+        entry = {"service_rps": round(answered / seconds, 2)}
+        if offline is not None:
+            measured = await asyncio.to_thread(offline.measure, args.offline_seconds / args.rounds)
+            entry |= {
+                "offline_ips": measured["throughput_ips"],
+                "ratio": round(entry["service_rps"] / measured["throughput_ips"], 3),
+                "offline_cpu_ms_per_pair": measured["cpu_ms_per_pair"],
+            }
+        result.rounds.append(entry)
+    return result
 
 
 async def soak_phase(
