@@ -23,7 +23,7 @@ from model.data.decode import check_same_size
 from model.data.depth import prepare_depth
 from model.data.rgb import prepare_rgb
 from model.errors import InputError, NotFoundError
-from model.network.anomaly_map import anomaly_maps
+from model.network.anomaly_map import anomaly_maps, modality_weights
 from model.network.config import ModelConfig
 from model.network.feature_extractor import MultiScaleFeatures
 from model.network.iumad import IUMADNet
@@ -89,11 +89,8 @@ class PreparedBatch:
         )
 
     def modality_weights(self) -> torch.Tensor:
-        """(B, 2, h, w) per-token weight of each modality in the anomaly map: depth counts only where
-        the sensor measured it (hole-filled depth is a guess, and real sensors leave many holes)."""
-        rgb = self.has_rgb.float()[:, None, None].expand_as(self.depth_valid)
-        depth = self.depth_valid * self.has_depth.float()[:, None, None]
-        return torch.stack([rgb, depth], dim=1)
+        """(B, 2, h, w): see `anomaly_map.modality_weights`."""
+        return modality_weights(self.has_rgb, self.has_depth, self.depth_valid)
 
 
 def depth_validity(depth: np.ndarray, image_size: int) -> torch.Tensor:

@@ -180,3 +180,14 @@ def resize_map(anomaly_map: torch.Tensor, height: int, width: int) -> torch.Tens
 def for_each(values: list[float], count: int, dtype: torch.dtype) -> torch.Tensor:
     """One object's per-modality statistics repeated for `count` samples: (count, len(values))."""
     return torch.tensor([values] * count, dtype=dtype)
+
+
+def modality_weights(
+    has_rgb: torch.Tensor, has_depth: torch.Tensor, depth_valid: torch.Tensor
+) -> torch.Tensor:
+    """(B, 2, h, w) per-token weight of each modality in the anomaly map and its calibration: depth
+    counts only where the sensor measured it (hole-filled depth is a guess, and real sensors leave
+    many holes). `has_*` (B,) bool; `depth_valid` (B, h, w) the measured share of each token."""
+    rgb = has_rgb.float()[:, None, None].expand_as(depth_valid)
+    depth = depth_valid * has_depth.float()[:, None, None]
+    return torch.stack([rgb, depth], dim=1)

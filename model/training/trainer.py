@@ -21,6 +21,7 @@ import torch
 from model.checkpoint import Manifest, ObjectRecord, clone_net, new_version_id
 from model.errors import ConflictError, InputError
 from model.inference import InspectionInput, InspectionModel, feature_extractor_for, prepare_inputs
+from model.network.anomaly_map import modality_weights
 from model.network.config import ModelConfig
 from model.network.feature_extractor import MultiScaleFeatures
 from model.network.iumad import IUMADNet
@@ -320,9 +321,8 @@ def _errors_for(
                 features.rgb[part], features.depth[part], torch.ones_like(has_depth), has_depth, objects
             )
             errors.append(error)
-    depth_weight = features.depth_valid * features.has_depth.float()[:, None, None]
-    weights = torch.stack([torch.ones_like(depth_weight), depth_weight], dim=1)
-    return torch.cat(errors), weights
+    has_rgb = torch.ones_like(features.has_depth)
+    return torch.cat(errors), modality_weights(has_rgb, features.has_depth, features.depth_valid)
 
 
 def train_version(
