@@ -22,7 +22,6 @@ import numpy as np
 
 from iumad.names import is_job_id, is_object_name
 from model.atomic_write import publish_directory
-from model.data.decode import read_depth, read_rgb
 from model.errors import InputError, IumadError
 
 if TYPE_CHECKING:
@@ -232,14 +231,13 @@ def discard_enrolment(samples_dir: Path, object_name: str, enrolment_id: str) ->
 
 
 def sample_source(pair: SamplePair) -> Callable[[], tuple[np.ndarray, np.ndarray | None]]:
-    """A zero-argument loader, as the trainer wants (files are read only when needed)."""
+    """A stored pair as a lazy training source (files are read only when needed). The dataset
+    loader is imported here, not at the top: it needs torch, which the gateway's ingest processes
+    and the worker's parent process never load."""
+    from model.data.samples import GOOD, Sample
+    from model.data.samples import sample_source as dataset_sample_source
 
-    def load() -> tuple[np.ndarray, np.ndarray | None]:
-        rgb = read_rgb(pair.rgb)
-        depth = read_depth(pair.depth) if pair.depth is not None else None
-        return rgb, depth
-
-    return load
+    return dataset_sample_source(Sample("", "train", GOOD, pair.rgb, pair.depth, None))
 
 
 def referenced_enrolments(models_dir: Path) -> set[str]:

@@ -1,7 +1,7 @@
 """The enrolment worker process: an rq worker running one job at a time, each in a forked work horse.
 
-The parent process never imports the model code: rq forks a work horse per job, which imports torch,
-trains, and exits, returning all its memory (and would keep CUDA out of the forking parent). At
+The parent process never runs the model and never initialises CUDA: rq forks a work horse per job,
+which trains and exits, returning all its memory. At
 start-up, while no job holds the lineage lock, it removes what killed jobs left behind. rq leaves
 its loop on some Redis errors (a restart between two commands): the loop is started again.
 """

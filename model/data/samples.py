@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,3 +133,17 @@ def load_samples(
         except InputError as error:
             report_problem(str(error), skip_bad, problems)
     return loaded
+
+
+SampleSource = Callable[[], tuple[np.ndarray, np.ndarray | None]]
+"""A zero-argument loader of one normal sample's (rgb, depth): what training takes."""
+
+
+def sample_source(sample: Sample) -> SampleSource:
+    """`sample` as a lazy training source: its files are read only when called."""
+
+    def load() -> tuple[np.ndarray, np.ndarray | None]:
+        loaded = load_sample(sample)
+        return loaded.rgb, loaded.depth
+
+    return load

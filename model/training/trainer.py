@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 
 from model.checkpoint import Manifest, ObjectRecord, clone_net, new_version_id
+from model.data.samples import Sample, SampleSource, sample_source
 from model.errors import ConflictError, InputError
 from model.inference import InspectionInput, InspectionModel, feature_extractor_for, prepare_inputs
 from model.network.anomaly_map import modality_weights
@@ -32,7 +32,6 @@ from model.training.losses import iumad_losses
 
 log = logging.getLogger(__name__)
 
-SampleSource = Callable[[], tuple[np.ndarray, np.ndarray | None]]
 """Loads one normal sample when called: (rgb uint8 HxWx3, depth float32 HxW with NaN invalid, or None)."""
 
 ProgressCallback = Callable[[float, str, dict], None]
@@ -572,15 +571,6 @@ def _new_record(
     )
 
 
-def sample_sources(samples: Sequence) -> list[SampleSource]:
-    """Dataset items (`model.data.samples.Sample`) as lazy training sources."""
-    from model.data.samples import load_sample
-
-    def source_for(sample) -> SampleSource:
-        def load() -> tuple[np.ndarray, np.ndarray | None]:
-            loaded = load_sample(sample)
-            return loaded.rgb, loaded.depth
-
-        return load
-
-    return [source_for(sample) for sample in samples]
+def sample_sources(samples: Sequence[Sample]) -> list[SampleSource]:
+    """Dataset items as lazy training sources."""
+    return [sample_source(sample) for sample in samples]
