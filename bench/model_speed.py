@@ -25,7 +25,7 @@ import torch
 
 from model.checkpoint import Manifest, ObjectRecord, new_version_id
 from model.evaluation.patchcore import PatchCore, nearest_distances, patch_features
-from model.export import OnnxInspectionModel, export_onnx
+from model.export import export_onnx, onnx_model
 from model.inference import InspectionInput, InspectionModel, feature_extractor_for, prepare_inputs
 from model.network import scan_extension
 from model.network.config import ModelConfig
@@ -89,7 +89,7 @@ def measure(configurations: dict[str, Callable[[], object]], repeats: int) -> di
 
 def time_batch(
     model: InspectionModel,
-    onnx_model: OnnxInspectionModel,
+    onnx: InspectionModel,
     patchcore_backbone: torch.nn.Module,
     bank: torch.Tensor,
     batch_size: int,
@@ -102,8 +102,7 @@ def time_batch(
 
     def floor() -> None:
         with torch.inference_mode():
-            model.features(prepared.rgb)
-            model.features(prepared.depth)
+            model.graph.extract(prepared)  # both backbone passes (the batch has depth)
 
     def patchcore() -> None:
         with torch.inference_mode():
@@ -128,7 +127,7 @@ def time_batch(
             "floor": floor,
             "torch": lambda: model.predict_prepared(prepared, objects),
             "torch_loop": torch_loop_scan,
-            "onnx": lambda: onnx_model.predict_prepared(prepared, objects),
+            "onnx": lambda: onnx.predict_prepared(prepared, objects),
             "patchcore": patchcore,
         },
         repeats,
@@ -155,16 +154,14 @@ def run(
             model = random_version(preset_config(preset, image_size=size))
         size = model.config.image_size
         with tempfile.TemporaryDirectory() as folder:
-            onnx_model = OnnxInspectionModel(
-                model.net, model.manifest, export_onnx(model, Path(folder) / "m.onnx")
-            )
+            onnx = onnx_model(model.net, model.manifest, export_onnx(model, Path(folder) / "m.onnx"))
         patchcore = PatchCore(image_size=size)
         bank_rows = 16384  # a 200-image object's coreset at 224 px is ~15.7k patches
         with torch.inference_mode():
             dims = patch_features(patchcore.backbone, torch.rand(1, 3, size, size)).shape[1] * 2
         bank = torch.randn(bank_rows, dims)
         for batch_size in batches:
-            timings = time_batch(model, onnx_model, patchcore.backbone, bank, batch_size, repeats)
+            timings = time_batch(model, onnx, patchcore.backbone, bank, batch_size, repeats)
             per_pair = {name: 1000 * value / batch_size for name, value in timings.items()}
             lines.append(
                 f"| {size} | {batch_size} | {per_pair['floor']:.1f} ms | {per_pair['torch']:.1f} ms | "

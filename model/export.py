@@ -18,7 +18,7 @@ from torch import nn
 
 from model.checkpoint import ONNX_FILE, Manifest, load_version, read_manifest, verify_file
 from model.errors import CheckpointError
-from model.inference import InspectionModel, Prediction, PreparedBatch
+from model.inference import InspectionModel, PreparedBatch, TorchGraph
 from model.network.feature_extractor import MultiScaleFeatures
 from model.network.iumad import IUMADNet
 
@@ -49,7 +49,9 @@ class InferenceGraph(nn.Module):
 
 def export_onnx(model: InspectionModel, out: Path) -> Path:
     """Write the inference graph of `model` to `out` with a dynamic batch axis."""
-    graph = InferenceGraph(model.features, model.net).eval().cpu()
+    if not isinstance(model.graph, TorchGraph):
+        raise CheckpointError("export from the PyTorch model (the version's files), not an ONNX-served one")
+    graph = InferenceGraph(model.graph.features, model.net).eval().cpu()
     size = model.config.image_size
     example = (
         torch.rand(2, 3, size, size),
@@ -84,20 +86,12 @@ def onnx_providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-class OnnxInspectionModel(InspectionModel):
-    """Same inputs and `Prediction`s as `InspectionModel`, with the heavy graph in onnxruntime."""
+class OnnxGraph:
+    """The exported inference graph in onnxruntime (backbone included: its weights are the export's)."""
 
-    backend = "onnxruntime"
+    name = "onnxruntime"
 
-    def __init__(
-        self,
-        net: IUMADNet,
-        manifest: Manifest,
-        onnx_path: Path,
-        device: str = "cpu",
-        threads: int | None = None,
-    ) -> None:
-        super().__init__(net, manifest, "cpu")
+    def __init__(self, onnx_path: Path, device: str = "cpu", threads: int | None = None) -> None:
         import onnxruntime
 
         if not Path(onnx_path).is_file():
@@ -114,38 +108,48 @@ class OnnxInspectionModel(InspectionModel):
         self.session = onnxruntime.InferenceSession(str(onnx_path), options, providers=onnx_providers(device))
         self.input_names = {item.name for item in self.session.get_inputs()}
 
-    @classmethod
-    def load(
-        cls, directory: Path, device: str = "cpu", backbone_weights: Path | None = None
-    ) -> OnnxInspectionModel:
-        net, manifest = load_version(directory)
-        return cls(net, manifest, verify_file(directory, manifest, ONNX_FILE), device)
-
-    def run_graph(self, batch: PreparedBatch, objects) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(self, batch: PreparedBatch, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feeds = {
             "rgb": batch.rgb.numpy(),
             "depth": batch.depth.numpy(),
             "has_depth": batch.has_depth.numpy().astype(np.float32),
-            "objects": self.labels_for(objects).numpy(),
+            "objects": labels.numpy(),
         }
         # A graph exported before object adapters (no `objects` input) still serves.
         feeds = {name: value for name, value in feeds.items() if name in self.input_names}
         errors, probabilities = self.session.run(list(OUTPUTS), feeds)
         return torch.from_numpy(errors), torch.from_numpy(probabilities)
 
-    def predict_prepared(self, batch: PreparedBatch, objects) -> list[Prediction]:
-        errors, probabilities = self.run_graph(batch, objects)
-        return self.finish(errors, probabilities, batch, objects)
+
+def onnx_model(
+    net: IUMADNet, manifest: Manifest, onnx_path: Path, device: str = "cpu", threads: int | None = None
+) -> InspectionModel:
+    """An `InspectionModel` whose network runs in onnxruntime on `onnx_path`."""
+    return InspectionModel(net, manifest, graph=OnnxGraph(onnx_path, device, threads))
 
 
-def serving_backend(directory: Path, manifest: Manifest, backend: str, device: str) -> str:
+def load_onnx_model(directory: Path, device: str = "cpu") -> InspectionModel:
+    """A version on disk served by onnxruntime on its own checked `model.onnx`."""
+    net, manifest = load_version(directory)
+    return onnx_model(net, manifest, verify_file(directory, manifest, ONNX_FILE), device)
+
+
+def serving_backend(
+    directory: Path, manifest: Manifest, backend: str, device: str, backbone_weights: Path | None = None
+) -> str:
     """The backend a gateway serves `directory` with: `auto` is onnxruntime on a CPU where the version
-    carries its exported graph (measured 3x faster than PyTorch there, docs/BENCHMARKS.md), else torch."""
+    carries its exported graph (measured 3x faster than PyTorch there, docs/BENCHMARKS.md), else torch.
+    Backbone weights of one's own need PyTorch: the exported graph holds the export's."""
     if backend not in ("auto", "torch", "onnxruntime"):
         raise ValueError(f"unknown inference backend {backend!r}")
+    if backend == "onnxruntime" and backbone_weights is not None:
+        raise CheckpointError(
+            "IUMAD_BACKBONE_WEIGHTS applies to the PyTorch backend only: the ONNX graph carries the "
+            "backbone it was exported with (unset one, or set IUMAD_INFERENCE_BACKEND=torch)"
+        )
     if backend != "auto":
         return backend
-    if torch.device(device).type != "cpu":
+    if torch.device(device).type != "cpu" or backbone_weights is not None:
         return "torch"
     if ONNX_FILE not in manifest.files_sha256 or not (Path(directory) / ONNX_FILE).is_file():
         log.info("model version %s has no %s: serving it with PyTorch", manifest.version, ONNX_FILE)
@@ -161,7 +165,7 @@ def load_serving_model(
     Gateways never export: a version meant for onnxruntime carries its `model.onnx`, written by the
     worker with the version (and covered by the manifest's sha256).
     """
-    chosen = serving_backend(directory, read_manifest(directory), backend, device)
+    chosen = serving_backend(directory, read_manifest(directory), backend, device, backbone_weights)
     if chosen == "onnxruntime":
-        return OnnxInspectionModel.load(directory, device, backbone_weights)
+        return load_onnx_model(directory, device)
     return InspectionModel.load(directory, device, backbone_weights)

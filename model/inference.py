@@ -11,7 +11,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -126,21 +126,87 @@ def prepare_inputs(items: Sequence[InspectionInput], image_size: int) -> Prepare
     )
 
 
-class InspectionModel:
-    """One model version in memory. Thread-compatible: the gateway calls it from one inference thread."""
+class NetworkGraph(Protocol):
+    """What runs the network for an `InspectionModel`: prepared images and object labels (-1 =
+    predict) in, per-token error maps (B, 2, h, w) and object probabilities (B, K) out, on the CPU."""
 
-    backend = "torch"  # what runs the network: shown in /readyz and /metrics
+    name: str
+
+    def run(self, batch: PreparedBatch, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class TorchGraph:
+    """The network in PyTorch: the frozen backbone on both images, then the reconstruction."""
+
+    name = "torch"
 
     def __init__(
-        self, net: IUMADNet, manifest: Manifest, device: str = "cpu", backbone_weights: Path | None = None
+        self, net: IUMADNet, config: ModelConfig, device: str = "cpu", backbone_weights: Path | None = None
     ) -> None:
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
+        self.features = feature_extractor_for(config, backbone_weights, str(self.device))
+
+    @torch.inference_mode()
+    def extract(self, batch: PreparedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        rgb = self.features(batch.rgb.to(self.device))
+        if bool(batch.has_depth.any()):
+            depth = self.features(batch.depth.to(self.device))
+        else:
+            depth = torch.zeros_like(rgb)
+        return rgb, depth
+
+    @torch.inference_mode()
+    def errors(
+        self,
+        rgb_features: torch.Tensor,
+        depth_features: torch.Tensor,
+        has_rgb: torch.Tensor,
+        has_depth: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.error_maps(
+            rgb_features.to(self.device),
+            depth_features.to(self.device),
+            has_rgb.to(self.device),
+            has_depth.to(self.device),
+            labels.to(self.device),
+        )
+
+    def run(self, batch: PreparedBatch, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rgb_features, depth_features = self.extract(batch)
+        errors, probabilities = self.errors(
+            rgb_features, depth_features, batch.has_rgb, batch.has_depth, labels
+        )
+        return errors.cpu(), probabilities.cpu()
+
+
+class InspectionModel:
+    """One model version in memory. Thread-compatible: the gateway calls it from one inference thread."""
+
+    def __init__(
+        self,
+        net: IUMADNet,
+        manifest: Manifest,
+        device: str = "cpu",
+        backbone_weights: Path | None = None,
+        graph: NetworkGraph | None = None,
+    ) -> None:
+        """`graph` runs the network (default: `TorchGraph` on `device`, with `backbone_weights`);
+        everything that depends on the chosen object is this class's, whatever runs the graph."""
+        self.net = net
         self.manifest = manifest
         self.config = manifest.config
-        self.features = feature_extractor_for(self.config, backbone_weights, str(self.device))
+        self.graph = (
+            graph if graph is not None else TorchGraph(net, manifest.config, device, backbone_weights)
+        )
         self.by_name = {record.name: record for record in manifest.objects}
         self.by_label = {record.label: record for record in manifest.objects}
+
+    @property
+    def backend(self) -> str:
+        """What runs the network ("torch" or "onnxruntime"): shown in /readyz and /metrics."""
+        return self.graph.name
 
     @classmethod
     def load(
@@ -163,44 +229,15 @@ class InspectionModel:
             raise NotFoundError(f"unknown object {name!r}; enrolled objects: {known}")
         return self.by_name[name]
 
-    @torch.inference_mode()
-    def extract(self, batch: PreparedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        rgb = self.features(batch.rgb.to(self.device))
-        if bool(batch.has_depth.any()):
-            depth = self.features(batch.depth.to(self.device))
-        else:
-            depth = torch.zeros_like(rgb)
-        return rgb, depth
-
     def labels_for(self, objects: Sequence[str | None]) -> torch.Tensor:
         """(B,) label indices of the named objects; -1 where none is named (the network predicts it)."""
         return torch.tensor(
             [self.object(name).label if name is not None else -1 for name in objects], dtype=torch.long
         )
 
-    @torch.inference_mode()
-    def errors(
-        self,
-        rgb_features: torch.Tensor,
-        depth_features: torch.Tensor,
-        has_rgb: torch.Tensor,
-        has_depth: torch.Tensor,
-        objects: Sequence[str | None],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.net.error_maps(
-            rgb_features.to(self.device),
-            depth_features.to(self.device),
-            has_rgb.to(self.device),
-            has_depth.to(self.device),
-            self.labels_for(objects).to(self.device),
-        )
-
     def predict_prepared(self, batch: PreparedBatch, objects: Sequence[str | None]) -> list[Prediction]:
-        rgb_features, depth_features = self.extract(batch)
-        errors, probabilities = self.errors(
-            rgb_features, depth_features, batch.has_rgb, batch.has_depth, objects
-        )
-        return self.finish(errors.cpu(), probabilities.cpu(), batch, objects)
+        errors, probabilities = self.graph.run(batch, self.labels_for(objects))
+        return self.finish(errors, probabilities, batch, objects)
 
     @torch.inference_mode()
     def finish(

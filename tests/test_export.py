@@ -7,7 +7,7 @@ from tiny_model import assert_same_prediction, sample_source, train_tiny
 from iumad.cli import main
 from model.checkpoint import ONNX_FILE, save_version
 from model.errors import CheckpointError
-from model.export import OnnxInspectionModel, export_onnx, load_serving_model, serving_backend
+from model.export import export_onnx, load_serving_model, onnx_model, serving_backend
 from model.inference import InspectionInput, InspectionModel
 
 
@@ -32,16 +32,16 @@ def _parts():
 
 def test_onnx_matches_pytorch_within_1e_4(exported):
     _, model, path = exported
-    onnx_model = OnnxInspectionModel(model.net, model.manifest, path)
-    for ours, theirs in zip(model.predict(_parts()), onnx_model.predict(_parts()), strict=True):
+    served = onnx_model(model.net, model.manifest, path)
+    for ours, theirs in zip(model.predict(_parts()), served.predict(_parts()), strict=True):
         assert_same_prediction(ours, theirs)
 
 
 def test_batch_axis_is_dynamic(exported):
     _, model, path = exported
-    onnx_model = OnnxInspectionModel(model.net, model.manifest, path)
-    single = onnx_model.predict(_parts()[:1])[0]
-    batched = onnx_model.predict(_parts())[0]
+    served = onnx_model(model.net, model.manifest, path)
+    single = served.predict(_parts()[:1])[0]
+    batched = served.predict(_parts())[0]
     np.testing.assert_allclose(single.anomaly_map, batched.anomaly_map, atol=1e-5)
 
 
@@ -49,7 +49,7 @@ def test_serving_loader_uses_the_versions_own_checked_onnx_file(exported, tmp_pa
     trained, _, path = exported
     directory = save_version(trained.net, trained.manifest, tmp_path / "v", extra_files={ONNX_FILE: path})
     model = load_serving_model(directory, backend="onnxruntime")
-    assert isinstance(model, OnnxInspectionModel)
+    assert model.backend == "onnxruntime"
     (directory / ONNX_FILE).write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="corrupt"):
         load_serving_model(directory, backend="onnxruntime")
@@ -76,7 +76,7 @@ def test_gateway_runtime_serves_from_onnxruntime_and_hot_swaps(exported, tmp_pat
     runtime.start()
     try:
         runtime.load_and_swap(first)
-        assert isinstance(runtime.model, OnnxInspectionModel)
+        assert runtime.model.backend == "onnxruntime"
         item = _parts()[1]
         result = runtime.submit(item, runtime.prepare(item)).result(timeout=60)
         expected = model.predict([item])[0]
@@ -84,7 +84,7 @@ def test_gateway_runtime_serves_from_onnxruntime_and_hot_swaps(exported, tmp_pat
         bare = save_version(trained.net, trained.manifest, tmp_path / "bare")
         with pytest.raises(CheckpointError):
             runtime.load_and_swap(bare)  # no model.onnx: refused, the old version keeps serving
-        assert runtime.version == trained.manifest.version and isinstance(runtime.model, OnnxInspectionModel)
+        assert runtime.version == trained.manifest.version and runtime.model.backend == "onnxruntime"
     finally:
         runtime.close()
 
@@ -102,6 +102,15 @@ def test_auto_backend_serves_the_onnx_graph_on_a_cpu_and_pytorch_without_one(exp
     assert serving_backend(with_graph, trained.manifest, "auto", "cuda") == "torch"
     with pytest.raises(ValueError, match="unknown inference backend 'tensorrt'"):
         serving_backend(with_graph, trained.manifest, "tensorrt", "cpu")
+
+
+def test_backbone_weights_of_ones_own_are_served_by_pytorch_never_dropped(exported, tmp_path):
+    trained, _, path = exported
+    with_graph = save_version(trained.net, trained.manifest, tmp_path / "v", extra_files={ONNX_FILE: path})
+    weights = tmp_path / "backbone.safetensors"
+    assert serving_backend(with_graph, trained.manifest, "auto", "cpu", weights) == "torch"
+    with pytest.raises(CheckpointError, match="IUMAD_BACKBONE_WEIGHTS applies to the PyTorch backend"):
+        serving_backend(with_graph, trained.manifest, "onnxruntime", "cpu", weights)
 
 
 def test_the_runtime_and_metrics_name_the_backend_in_use(exported, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny_model import TINY_CONFIG, assert_same_prediction, sample_source, train_tiny
 
-from model.export import OnnxInspectionModel, export_onnx
+from model.export import export_onnx, onnx_model
 from model.inference import InspectionInput, InspectionModel
 from model.network.object_adapters import ObjectAdapters
 from model.network.presets import PRESETS, SHIPPED_PRESET, preset_config
@@ -106,7 +106,7 @@ def test_an_incremental_step_leaves_every_old_object_bit_identical(base_and_chil
 def test_onnx_runs_each_part_through_its_objects_adapters(base_and_child, tmp_path):
     _, child = base_and_child
     model = InspectionModel(child.net, child.manifest)
-    onnx = OnnxInspectionModel(model.net, model.manifest, export_onnx(model, tmp_path / "model.onnx"))
+    onnx = onnx_model(model.net, model.manifest, export_onnx(model, tmp_path / "model.onnx"))
     rgb, depth = sample_source(9)()
     parts = [InspectionInput(rgb, depth, name) for name in ("alpha", "gamma", None)]
     for ours, theirs in zip(model.predict(parts), onnx.predict(parts), strict=True):

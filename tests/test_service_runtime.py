@@ -34,22 +34,28 @@ class GatedModel(InspectionModel):
         return super().predict_prepared(batch, objects)
 
 
-class ConfidentModel(InspectionModel):
-    """A classifier that is certain every part is `beta`."""
+class ConfidentGraph:
+    """The network of another model, with a classifier that is certain every part is `beta`."""
 
-    def errors(self, *args):
-        errors, probabilities = super().errors(*args)
+    name = "torch"
+
+    def __init__(self, inner, beta_label: int) -> None:
+        self.inner, self.beta_label = inner, beta_label
+
+    def run(self, batch, labels):
+        errors, probabilities = self.inner.run(batch, labels)
         confident = torch.zeros_like(probabilities)
-        confident[:, self.by_name["beta"].label] = 1.0
+        confident[:, self.beta_label] = 1.0
         return errors, confident
 
 
-def renamed(
-    model: InspectionModel, version: str, cls: type[InspectionModel] = InspectionModel
-) -> InspectionModel:
+def renamed(model: InspectionModel, version: str, confident: bool = False) -> InspectionModel:
     manifest = copy.deepcopy(model.manifest)
     manifest.version = version
-    return cls(model.net, manifest)
+    if not confident:
+        return InspectionModel(model.net, manifest)
+    graph = ConfidentGraph(model.graph, model.by_name["beta"].label)
+    return InspectionModel(model.net, manifest, graph=graph)
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +170,7 @@ def test_a_failed_load_keeps_the_old_model_serving_and_says_why(client, runtime,
 
 
 def test_a_given_object_that_the_classifier_confidently_disputes_gets_a_warning(client, runtime):
-    runtime.swap(renamed(runtime.model, "v-confident", ConfidentModel))
+    runtime.swap(renamed(runtime.model, "v-confident", confident=True))
     rgb, depth = part("alpha", 6)
     disputed = client.post("/inspect", files=files_for(rgb, depth), data={"object": "alpha"}).json()
     agreed = client.post("/inspect", files=files_for(rgb, depth), data={"object": "beta"}).json()

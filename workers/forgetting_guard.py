@@ -15,10 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import torch
 
 from model.evaluation.metrics import image_auroc
-from model.inference import InspectionInput, InspectionModel, prepare_inputs
+from model.inference import InspectionInput, InspectionModel, TorchGraph, prepare_inputs
 from model.training.trainer import SampleSource, TrainingCancelled
 
 DEFECT_KINDS = ("colour", "bump", "dent", "colour_dent")
@@ -148,7 +147,9 @@ def _scores(
     should_cancel: Callable[[], bool] | None,
 ) -> list[list[float]]:
     """Raw image scores of `items` under each model; backbone features are shared when configs agree."""
-    shared = all(model.config == models[0].config for model in models)
+    graphs = [model.graph for model in models]
+    torch_graphs = [graph for graph in graphs if isinstance(graph, TorchGraph)]
+    shared = len(torch_graphs) == len(models) and all(model.config == models[0].config for model in models)
     scores: list[list[float]] = [[] for _ in models]
     for start in range(0, len(items), batch_size):
         if should_cancel is not None and should_cancel():
@@ -157,11 +158,10 @@ def _scores(
         objects = [item.object for item in chunk]
         if shared:
             batch = prepare_inputs(chunk, models[0].config.image_size)
-            with torch.inference_mode():
-                rgb_features, depth_features = models[0].extract(batch)
-            for slot, model in enumerate(models):
-                errors, probabilities = model.errors(
-                    rgb_features, depth_features, batch.has_rgb, batch.has_depth, objects
+            rgb_features, depth_features = torch_graphs[0].extract(batch)
+            for slot, (model, graph) in enumerate(zip(models, torch_graphs, strict=True)):
+                errors, probabilities = graph.errors(
+                    rgb_features, depth_features, batch.has_rgb, batch.has_depth, model.labels_for(objects)
                 )
                 predictions = model.finish(errors.cpu(), probabilities.cpu(), batch, objects)
                 scores[slot].extend(prediction.raw_score for prediction in predictions)

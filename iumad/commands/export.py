@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from model.errors import InputError
-from model.export import OnnxInspectionModel, export_onnx
+from model.export import export_onnx, onnx_model
 from model.inference import InspectionInput, InspectionModel
 
 
@@ -31,7 +31,7 @@ def parity_check(model: InspectionModel, onnx_path: Path, seed: int = 0) -> dict
         for _ in range(2)
     ]
     reference = model.predict(items)
-    exported = OnnxInspectionModel(model.net, model.manifest, onnx_path).predict(items)
+    exported = onnx_model(model.net, model.manifest, onnx_path).predict(items)
     return {
         "max_abs_map": max(
             float(np.abs(a.anomaly_map - b.anomaly_map).max())
