@@ -31,6 +31,7 @@ from service.lineage import make_job_store, make_registry
 from service.request_context import RequestIdMiddleware
 from service.routes import dashboard, enrolment, health, inspect, jobs, models, objects
 from service.runtime import ModelRuntime
+from service.scoring import SCORE_FORMULA, SPREAD_RULE
 from service.state import ACTIVE_FILE, AppState, find_active_version
 from service.thresholds import open_threshold_store
 from store.connection import connect_redis
@@ -42,17 +43,16 @@ log = logging.getLogger(__name__)
 # An upload is abandoned when nothing in it changed for as long as its object may stay reserved.
 ABANDONED_AFTER_S = RESERVATION_TTL_S
 
-API_DESCRIPTION = """
+API_DESCRIPTION = f"""
 RGB + depth anomaly detection for production lines: one unified model for every enrolled object.
 
 * **POST /inspect** (multipart: `rgb`, optional `depth`, `object`, `mask`, `return_map`, `threshold`)
   answers `is_anomalous`, `score`, `raw_score`, `threshold`, a defect mask and per-stage timings.
-* **score** = `0.5 + (raw_score - threshold) / (2 * spread)`, `spread` = the object's calibration
-  `score_max - score_median` (at least 0.5): linear, unbounded (rankings survive), 0.5 at the threshold,
+* **score** = `{SCORE_FORMULA}`, `spread` = {SPREAD_RULE}: linear, unbounded (rankings survive), 0.5 at the threshold,
   above 0.5 exactly when the part is anomalous.
-* **mask=rle**: `{"size": [H, W], "counts": [...]}`, row-major runs alternating 0s and 1s, starting
+* **mask=rle**: `{{"size": [H, W], "counts": [...]}}`, row-major runs alternating 0s and 1s, starting
   with 0s. **return_map**: a 16-bit PNG where value v means `min + v / 65535 * (max - min)`.
-* **Errors** are `{"error": {"code", "message"}}`: 400 unreadable input, 401/403 API key, 404 unknown
+* **Errors** are `{{"error": {{"code", "message"}}}}`: 400 unreadable input, 401/403 API key, 404 unknown
   object or version, 409 nothing enrolled, 413 too large, 415 unsupported format, 422 invalid field,
   503 not ready or queue full (with `Retry-After`).
 * **Auth**: `X-API-Key` with an `inspect` or `operator` key (off when no keys are configured).

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from iumad.names import OBJECT_NAME_ANCHORED, VERSION_NAME_ANCHORED
 from model.inference import ObjectSource
+from service.scoring import SCORE_FORMULA, SPREAD_RULE
 from store.job_store import JobState
 
 OBJECT_NAME_PATTERN = OBJECT_NAME_ANCHORED
@@ -16,8 +17,7 @@ VERSION_PATTERN = VERSION_NAME_ANCHORED
 MaskFormat = Literal["none", "png", "rle"]
 
 SCORE_DESCRIPTION = (
-    "The decision score: `0.5 + (raw_score - threshold) / (2 * spread)`, where `spread` is the object's "
-    "calibration `score_max - score_median` on held-out normal parts (at least 0.5). It is linear and "
+    f"The decision score: `{SCORE_FORMULA}`, where `spread` is {SPREAD_RULE}. It is linear and "
     "unbounded (never clipped, so rankings of parts survive), equals 0.5 exactly at the threshold, and "
     "is above 0.5 exactly when the part is anomalous. With the calibrated threshold (the highest normal "
     "holdout score on small holdouts), a median normal part scores about 0 and a part as far above the "

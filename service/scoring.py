@@ -1,13 +1,11 @@
 """From a raw score to a decision: which threshold applies, and the 0.5-centred decision score.
 
 Raw scores are z-score-like (maxima of maps normalised by normal-part statistics) and can be negative,
-so a ratio like `raw / threshold` would be meaningless. The decision score is instead linear:
-
-    score = 0.5 + (raw - threshold) / (2 * spread),  spread = calibration score_max - score_median
-
-(at least 0.5 raw-score units, so a holdout of one or two parts, whose max and median coincide, cannot
-blow scores up to +-1e6; 1 for an object without a calibration summary). It is strictly increasing in the raw
-score and never clipped, so rankings survive, and it is 0.5 exactly at the threshold in force.
+so a ratio like `raw / threshold` would be meaningless. The decision score is instead linear
+(`SCORE_FORMULA`, which the API documentation quotes): the spread is at least `MIN_SPREAD` raw-score
+units, so a holdout of one or two parts, whose max and median coincide, cannot blow scores up to
++-1e6 (1 for an object without a calibration summary). It is strictly increasing in the raw score and
+never clipped, so rankings survive, and it is 0.5 exactly at the threshold in force.
 """
 
 from __future__ import annotations
@@ -18,6 +16,10 @@ from model.checkpoint import ObjectRecord
 from model.errors import ConflictError
 
 MIN_SPREAD = 0.5
+SCORE_FORMULA = "0.5 + (raw_score - threshold) / (2 * spread)"
+SPREAD_RULE = (
+    f"the object's calibration `score_max - score_median` on held-out normal parts (at least {MIN_SPREAD})"
+)
 
 ThresholdSource = Literal["request", "operator", "calibrated"]
 
