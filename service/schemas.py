@@ -10,6 +10,7 @@ from iumad.names import OBJECT_NAME_ANCHORED, VERSION_NAME_ANCHORED
 from model.inference import ObjectSource
 from service.scoring import SCORE_FORMULA, SPREAD_RULE
 from store.job_store import JobState
+from store.registry import VersionStatus
 
 OBJECT_NAME_PATTERN = OBJECT_NAME_ANCHORED
 VERSION_PATTERN = VERSION_NAME_ANCHORED
@@ -124,6 +125,9 @@ class ModelInfo(BaseModel):
     training: dict[str, Any] = Field(description="Kind (base | incremental), new objects, timings, options.")
     active: bool = Field(description="The version the active pointer names.")
     serving: bool = Field(description="The version this gateway serves right now.")
+    status: VersionStatus = Field(
+        description="active; needs_review (its forgetting guard failed: activate it to accept it); available."
+    )
 
 
 class ModelList(BaseModel):

@@ -16,7 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from redis import Redis
 
@@ -87,7 +87,7 @@ class VersionInfo:
     parent: str | None
     objects: list[str]
     kind: str  # "base" | "incremental" | "rebuild" | ""
-    status: str  # "active" | "needs_review" | "available"
+    status: VersionStatus
     metrics: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,6 +100,46 @@ class VersionInfo:
             "status": self.status,
             "metrics": self.metrics,
         }
+
+
+@dataclass
+class VersionScan:
+    """The version directories under a models folder: readable manifests, and why others are not."""
+
+    manifests: list[Manifest]
+    unreadable: dict[str, str]  # directory name -> error
+
+
+def scan_versions(models_dir: Path) -> VersionScan:
+    """Every complete version directory (never a `.`-prefixed staging one), read from disk alone: the
+    listing a gateway can give without Redis."""
+    scan = VersionScan(manifests=[], unreadable={})
+    if not models_dir.is_dir():
+        return scan
+    for directory in sorted(models_dir.iterdir()):
+        if (
+            not directory.is_dir()
+            or directory.name.startswith(".")
+            or not (directory / MANIFEST_FILE).is_file()
+        ):
+            continue
+        try:
+            scan.manifests.append(read_manifest(directory))
+        except CheckpointError as error:
+            scan.unreadable[directory.name] = str(error)
+    return scan
+
+
+VersionStatus = Literal["active", "needs_review", "available"]
+
+
+def version_status(manifest: Manifest, active: str | None) -> VersionStatus:
+    """Active; a candidate whose forgetting guard failed (activate it to accept it); or available."""
+    if manifest.version == active:
+        return "active"
+    if (manifest.metrics.get("forgetting_guard") or {}).get("passed") is False:
+        return "needs_review"
+    return "available"
 
 
 def check_version_name(version: str) -> str:
@@ -223,35 +263,19 @@ class ModelRegistry:
 
     def list_versions(self) -> list[VersionInfo]:
         """Every complete version on disk, newest first (staging directories are never listed)."""
-        if not self.models_dir.is_dir():
-            return []
         active = self.active()
-        versions = []
-        for directory in self.models_dir.iterdir():
-            if directory.name.startswith(".") or not (directory / MANIFEST_FILE).is_file():
-                continue
-            try:
-                manifest = read_manifest(directory)
-            except CheckpointError:
-                continue
-            guard = manifest.metrics.get("forgetting_guard") or {}
-            if active is not None and manifest.version == active.version:
-                status = "active"
-            elif guard.get("passed") is False:
-                status = "needs_review"
-            else:
-                status = "available"
-            versions.append(
-                VersionInfo(
-                    version=manifest.version,
-                    created=manifest.created,
-                    parent=manifest.parent,
-                    objects=[record.name for record in manifest.objects],
-                    kind=str(manifest.training.get("kind", "")),
-                    status=status,
-                    metrics=manifest.metrics,
-                )
+        versions = [
+            VersionInfo(
+                version=manifest.version,
+                created=manifest.created,
+                parent=manifest.parent,
+                objects=[record.name for record in manifest.objects],
+                kind=str(manifest.training.get("kind", "")),
+                status=version_status(manifest, active.version if active else None),
+                metrics=manifest.metrics,
             )
+            for manifest in scan_versions(self.models_dir).manifests
+        ]
         versions.sort(key=lambda info: (info.created, info.version), reverse=True)
         return versions
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from fastapi.testclient import TestClient
@@ -123,6 +124,22 @@ def test_models_lists_versions_with_parent_objects_and_activity(client, data_dir
     assert client.get("/models/active").json() == model
     assert client.get(f"/models/{VERSION}").json() == model
     assert client.get("/models/v-unknown").status_code == 404
+    assert model["status"] == "active"
+
+
+def test_models_marks_a_candidate_whose_forgetting_guard_failed_as_needing_review(client, data_dir):
+    models_dir = data_dir / "models"
+    candidate = models_dir / "v-candidate"
+    shutil.copytree(models_dir / VERSION, candidate, dirs_exist_ok=True)
+    manifest = json.loads((candidate / "manifest.json").read_text())
+    manifest["version"] = "v-candidate"
+    manifest["metrics"] = {"forgetting_guard": {"passed": False, "summary": "alpha forgot"}}
+    (candidate / "manifest.json").write_text(json.dumps(manifest))
+    try:
+        listed = {model["version"]: model["status"] for model in client.get("/models").json()["models"]}
+        assert listed == {VERSION: "active", "v-candidate": "needs_review"}
+    finally:
+        shutil.rmtree(candidate)
 
 
 def test_the_file_store_writes_atomically_and_sees_other_writers(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
@@ -14,6 +13,7 @@ from service.errors import NothingEnrolledError, ServiceUnavailableError
 from service.lineage import redis_or_503, require_lineage
 from service.schemas import VERSION_PATTERN, Activation, ActivePointer, ModelInfo, ModelList
 from service.state import AppState, find_active_version, get_state
+from store.registry import scan_versions, version_status
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -26,6 +26,7 @@ def _training_summary(manifest: Manifest) -> dict[str, Any]:
 
 def model_info(manifest: Manifest, active: str | None, serving: str | None) -> ModelInfo:
     return ModelInfo(
+        status=version_status(manifest, active),
         version=manifest.version,
         parent=manifest.parent,
         created=manifest.created,
@@ -45,27 +46,14 @@ def _active_name(state: AppState) -> str | None:
     return active.name if active is not None else None
 
 
-def _version_dirs(models_dir: FilePath) -> list[FilePath]:
-    if not models_dir.is_dir():
-        return []
-    return sorted(
-        path
-        for path in models_dir.iterdir()
-        if path.is_dir() and not path.name.startswith(".") and (path / MANIFEST_FILE).exists()
-    )
-
-
 @router.get("", response_model=ModelList, summary="List the model versions")
 def list_models(
     state: Annotated[AppState, Depends(get_state)], _role: Annotated[str, Depends(require_inspect)]
 ) -> ModelList:
     active, serving = _active_name(state), state.runtime.version
-    models, unreadable = [], []
-    for directory in _version_dirs(state.settings.models_dir):
-        try:
-            models.append(model_info(read_manifest(directory), active, serving))
-        except CheckpointError as error:
-            unreadable.append({"directory": directory.name, "error": str(error)})
+    scan = scan_versions(state.settings.models_dir)
+    models = [model_info(manifest, active, serving) for manifest in scan.manifests]
+    unreadable = [{"directory": name, "error": error} for name, error in scan.unreadable.items()]
     models.sort(key=lambda info: (info.created, info.version))
     return ModelList(active=active, serving=serving, models=models, unreadable=unreadable)
 
