@@ -39,21 +39,21 @@ function headers(extra = {}) {
   return result;
 }
 
+// The API's error envelope (or a body that is not one) as an ApiError: the one reading of it.
+function errorFromBody(status, statusText, body, fallback = "request failed") {
+  const error = (body && body.error) || {};
+  const message = error.message || statusText || fallback;
+  return new ApiError(status, error.code || "http_" + status, message, error.details);
+}
+
 async function errorFrom(response) {
-  let code = "http_" + response.status;
-  let message = response.statusText || "request failed";
-  let details;
+  let body = null;
   try {
-    const body = await response.json();
-    if (body && body.error) {
-      code = body.error.code || code;
-      message = body.error.message || message;
-      details = body.error.details;
-    }
+    body = await response.json();
   } catch {
     // not JSON: keep the status text
   }
-  return new ApiError(response.status, code, message, details);
+  return errorFromBody(response.status, response.statusText, body);
 }
 
 async function call(method, path, body) {
@@ -116,15 +116,7 @@ export function upload(path, formData, onProgress) {
       if (request.status >= 200 && request.status < 300) {
         resolve(body);
       } else {
-        const error = (body && body.error) || {};
-        reject(
-          new ApiError(
-            request.status,
-            error.code || "http_" + request.status,
-            error.message || request.statusText || "upload failed",
-            error.details,
-          ),
-        );
+        reject(errorFromBody(request.status, request.statusText, body, "upload failed"));
       }
     });
     request.addEventListener("error", () =>

@@ -111,3 +111,31 @@ export function confirmButton(label, confirmLabel, onConfirm, attributes = {}) {
   });
   return button;
 }
+
+// A tab's lifecycle, the same for every view: `wire()` once (listeners), then on each show `onShow()`
+// and `tick()` every `intervalMs` until hidden. `isVisible()` lets a refresh in flight drop its answer
+// when the tab was left meanwhile.
+export function viewLifecycle({ wire = () => {}, onShow, tick, intervalMs }) {
+  let wired = false;
+  let visible = false;
+  let timer = null;
+  return {
+    isVisible: () => visible,
+    show() {
+      if (!wired) {
+        wired = true;
+        wire();
+      }
+      visible = true;
+      onShow();
+      if (timer === null) {
+        timer = setInterval(tick, intervalMs);
+      }
+    },
+    hide() {
+      visible = false;
+      clearInterval(timer);
+      timer = null;
+    },
+  };
+}

@@ -5,25 +5,33 @@
 // the review here.
 
 import { describeError, getJson, postJson, upload } from "./api.js";
-import { byId, confirmButton, formatDateTime, formatNumber, formatPercent, h, notify } from "./dom.js";
+import { byId, confirmButton, formatDateTime, formatNumber, formatPercent, h, notify, viewLifecycle } from "./dom.js";
 
 const POLL_MS = 1000;
 const JOBS_REFRESH_MS = 5000;
 const WATCH_STORAGE = "iumad-watched-job";
-const OBJECT_NAME = /^[a-z0-9][a-z0-9_-]{0,63}$/;
+let objectName = null; // the API's own object-name pattern, read from its OpenAPI schema (never copied)
 const OPEN = new Set(["queued", "running"]);
 
-let visible = false;
-let jobsTimer = null;
 let watched = null; // {id, timer, log: [{at, stage, message}], outcome: null | "activated" | "discarded"}
 
 // --- the form ----------------------------------------------------------------------------------
+
+async function loadObjectNamePattern() {
+  try {
+    const schema = await getJson("/openapi.json");
+    const form = schema.paths["/enroll-object"].post.requestBody.content["multipart/form-data"].schema;
+    objectName = new RegExp(form.properties.object.pattern);
+  } catch {
+    objectName = null; // the gateway checks the name anyway (422 with the reason)
+  }
+}
 
 function formData() {
   const object = byId("enrol-object").value.trim();
   const files = byId("enrol-files").files;
   const archive = byId("enrol-archive").files;
-  if (!OBJECT_NAME.test(object)) {
+  if (objectName && !objectName.test(object)) {
     throw new Error("Object name: use 1-64 characters a-z, 0-9, '-' or '_', starting with a letter or digit.");
   }
   if (!files.length && !archive.length) {
@@ -364,7 +372,7 @@ function watch(id) {
 // --- recent jobs -------------------------------------------------------------------------------
 
 async function refreshJobs() {
-  if (!visible) {
+  if (!lifecycle.isVisible()) {
     return;
   }
   const body = byId("jobs-table").querySelector("tbody");
@@ -396,26 +404,18 @@ async function refreshJobs() {
   }
 }
 
-let wired = false;
-
-export function show() {
-  if (!wired) {
-    wired = true;
+// Hiding the tab stops the job list's refresh; a watched job keeps being followed in the background.
+const lifecycle = viewLifecycle({
+  wire() {
+    loadObjectNamePattern();
     byId("enrol-form").addEventListener("submit", submit);
     const saved = sessionStorage.getItem(WATCH_STORAGE);
     if (saved) {
       watch(saved);
     }
-  }
-  visible = true;
-  refreshJobs();
-  if (jobsTimer === null) {
-    jobsTimer = setInterval(refreshJobs, JOBS_REFRESH_MS);
-  }
-}
-
-export function hide() {
-  visible = false; // a watched job keeps being followed in the background
-  clearInterval(jobsTimer);
-  jobsTimer = null;
-}
+  },
+  onShow: refreshJobs,
+  tick: refreshJobs,
+  intervalMs: JOBS_REFRESH_MS,
+});
+export const { show, hide } = lifecycle;

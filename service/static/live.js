@@ -3,14 +3,12 @@
 // counters. Thumbnails are fetched with the API key and cached by inspection id (they never change).
 
 import { describeError, getJson, imageUrl } from "./api.js";
-import { byId, formatNumber, formatPercent, formatTime, h, notify } from "./dom.js";
+import { byId, formatNumber, formatPercent, formatTime, h, notify, viewLifecycle } from "./dom.js";
 
 const REFRESH_MS = 2000;
 const LIMIT = 50;
 const SCORE_SCALE_MAX = 1.5; // the score bar spans 0 .. 1.5; the threshold sits at 0.5
 
-let timer = null;
-let visible = false;
 let busy = false;
 let again = false; // a filter changed while a refresh was running
 const cards = new Map(); // inspection id -> {element, withPictures}
@@ -181,7 +179,7 @@ function renderList(items) {
 }
 
 async function refresh() {
-  if (!visible) {
+  if (!lifecycle.isVisible()) {
     return;
   }
   if (busy) {
@@ -219,13 +217,7 @@ function updateLayers() {
   list.classList.toggle("hide-outline", !byId("live-outline").checked);
 }
 
-let wired = false;
-
 function wire() {
-  if (wired) {
-    return;
-  }
-  wired = true;
   byId("live-object").addEventListener("change", refresh);
   byId("live-decision").addEventListener("change", refresh);
   byId("live-heatmap").addEventListener("change", updateLayers);
@@ -234,17 +226,5 @@ function wire() {
   updateLayers();
 }
 
-export function show() {
-  wire();
-  visible = true;
-  refresh();
-  if (timer === null) {
-    timer = setInterval(tick, REFRESH_MS);
-  }
-}
-
-export function hide() {
-  visible = false;
-  clearInterval(timer);
-  timer = null;
-}
+const lifecycle = viewLifecycle({ wire, onShow: refresh, tick, intervalMs: REFRESH_MS });
+export const { show, hide } = lifecycle;

@@ -3,12 +3,10 @@
 // back (POST /models/{version}/activate, operator key); gateways swap to it within about a second.
 
 import { describeError, getJson, postJson } from "./api.js";
-import { byId, confirmButton, formatDateTime, formatNumber, h, notify } from "./dom.js";
+import { byId, confirmButton, formatDateTime, formatNumber, h, notify, viewLifecycle } from "./dom.js";
 
 const REFRESH_MS = 5000;
 
-let visible = false;
-let timer = null;
 let lastSignature = "";
 
 function metricsSummary(model) {
@@ -73,7 +71,7 @@ function row(model, message, activeCreated) {
 }
 
 async function refresh() {
-  if (!visible) {
+  if (!lifecycle.isVisible()) {
     return;
   }
   try {
@@ -101,27 +99,19 @@ async function refresh() {
   }
 }
 
-let wired = false;
-
-export function show() {
-  if (!wired) {
-    wired = true;
+const lifecycle = viewLifecycle({
+  wire() {
     byId("models-refresh").addEventListener("click", () => {
       lastSignature = "";
       refresh();
     });
     window.addEventListener("iumad-serving-changed", refresh);
-  }
-  visible = true;
-  lastSignature = "";
-  refresh();
-  if (timer === null) {
-    timer = setInterval(refresh, REFRESH_MS);
-  }
-}
-
-export function hide() {
-  visible = false;
-  clearInterval(timer);
-  timer = null;
-}
+  },
+  onShow() {
+    lastSignature = "";
+    refresh();
+  },
+  tick: refresh,
+  intervalMs: REFRESH_MS,
+});
+export const { show, hide } = lifecycle;

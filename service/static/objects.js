@@ -3,22 +3,25 @@
 // can place the threshold by eye; set or clear the threshold (PATCH /objects/{name}, operator key).
 
 import { describeError, getJson, patchJson } from "./api.js";
-import { byId, formatNumber, h, notify } from "./dom.js";
+import { byId, formatNumber, h, notify, viewLifecycle } from "./dom.js";
 
 const BINS = 30;
 const REFRESH_MS = 5000;
-const COLOURS = {
-  pass: "#2e9d4a",
-  fail: "#d3302f",
-  threshold: "#111827",
-  calibrated: "#6b7280",
-  holdout: "rgba(46, 157, 74, 0.12)",
-  axis: "#9ca3af",
-  text: "#374151",
-};
+// The chart's colours are the stylesheet's (style.css :root), so the two cannot differ.
+function colours() {
+  const style = getComputedStyle(document.documentElement);
+  const read = (name) => style.getPropertyValue(name).trim();
+  return {
+    pass: read("--bright-pass"),
+    fail: read("--bright-fail"),
+    threshold: read("--text"),
+    calibrated: read("--muted"),
+    holdout: "rgba(46, 157, 74, 0.12)", // --bright-pass, faint
+    axis: read("--grey-400"),
+    text: read("--grey-700"),
+  };
+}
 
-let visible = false;
-let timer = null;
 const charts = new Map(); // object name -> {canvas, scores, rejected, threshold, calibrated}
 
 function histogram(values, low, high) {
@@ -39,6 +42,7 @@ function drawChart(chart, threshold) {
   canvas.width = Math.round(cssWidth * ratio);
   canvas.height = Math.round(cssHeight * ratio);
   const context = canvas.getContext("2d");
+  const palette = colours();
   context.setTransform(ratio, 0, 0, ratio, 0, 0);
   context.clearRect(0, 0, cssWidth, cssHeight);
   context.font = "12px system-ui, sans-serif";
@@ -49,7 +53,7 @@ function drawChart(chart, threshold) {
   const marks = [threshold, chart.calibrated, ...(holdout || [])].filter((value) => Number.isFinite(value));
   const everything = chart.scores.concat(marks);
   if (!everything.length) {
-    context.fillStyle = COLOURS.text;
+    context.fillStyle = palette.text;
     context.fillText("no scores yet", 10, 20);
     return;
   }
@@ -66,11 +70,11 @@ function drawChart(chart, threshold) {
   const x = (value) => left + ((value - low) / (high - low)) * (right - left);
 
   if (holdout && holdout.every(Number.isFinite)) {
-    context.fillStyle = COLOURS.holdout;
+    context.fillStyle = palette.holdout;
     context.fillRect(x(holdout[0]), top, Math.max(2, x(holdout[1]) - x(holdout[0])), bottom - top);
   }
   if (!chart.scores.length) {
-    context.fillStyle = COLOURS.text;
+    context.fillStyle = palette.text;
     context.textAlign = "center";
     context.fillText("no inspections of this object on this gateway yet", (left + right) / 2, (top + bottom) / 2);
   }
@@ -83,19 +87,19 @@ function drawChart(chart, threshold) {
     const passHeight = ((bottom - top) * passCounts[index]) / tallest;
     const failHeight = ((bottom - top) * failCounts[index]) / tallest;
     const x0 = left + index * binWidth + 1;
-    context.fillStyle = COLOURS.pass;
+    context.fillStyle = palette.pass;
     context.fillRect(x0, bottom - passHeight, binWidth - 2, passHeight);
-    context.fillStyle = COLOURS.fail;
+    context.fillStyle = palette.fail;
     context.fillRect(x0, bottom - passHeight - failHeight, binWidth - 2, failHeight);
   }
 
-  context.strokeStyle = COLOURS.axis;
+  context.strokeStyle = palette.axis;
   context.lineWidth = 1;
   context.beginPath();
   context.moveTo(left, bottom + 0.5);
   context.lineTo(right, bottom + 0.5);
   context.stroke();
-  context.fillStyle = COLOURS.text;
+  context.fillStyle = palette.text;
   context.textAlign = "left";
   context.fillText(formatNumber(low, 2), left, bottom + 16);
   context.textAlign = "right";
@@ -106,7 +110,7 @@ function drawChart(chart, threshold) {
   context.fillText("raw score", (left + right) / 2, bottom + 16);
 
   if (Number.isFinite(chart.calibrated)) {
-    context.strokeStyle = COLOURS.calibrated;
+    context.strokeStyle = palette.calibrated;
     context.setLineDash([4, 4]);
     context.beginPath();
     context.moveTo(x(chart.calibrated), top);
@@ -115,13 +119,13 @@ function drawChart(chart, threshold) {
     context.setLineDash([]);
   }
   if (Number.isFinite(threshold)) {
-    context.strokeStyle = COLOURS.threshold;
+    context.strokeStyle = palette.threshold;
     context.lineWidth = 2.5;
     context.beginPath();
     context.moveTo(x(threshold), top - 4);
     context.lineTo(x(threshold), bottom);
     context.stroke();
-    context.fillStyle = COLOURS.threshold;
+    context.fillStyle = palette.threshold;
     const label = "threshold " + formatNumber(threshold, 3);
     const labelX = x(threshold);
     context.textAlign = labelX > (left + right) / 2 ? "right" : "left";
@@ -265,7 +269,7 @@ function objectCard(info, scores) {
 let lastSignature = "";
 
 async function refresh(force = false) {
-  if (!visible) {
+  if (!lifecycle.isVisible()) {
     return;
   }
   try {
@@ -322,11 +326,8 @@ async function refresh(force = false) {
   }
 }
 
-let wired = false;
-
-export function show() {
-  if (!wired) {
-    wired = true;
+const lifecycle = viewLifecycle({
+  wire() {
     byId("objects-refresh").addEventListener("click", () => refresh(true));
     window.addEventListener("iumad-serving-changed", () => refresh(false));
     window.addEventListener("resize", () => {
@@ -334,20 +335,15 @@ export function show() {
         drawChart(chart, threshold);
       }
     });
-  }
-  visible = true;
-  lastSignature = "";
-  for (const alert of byId("objects-list").querySelectorAll('[role="alert"]')) {
-    alert.hidden = true; // shown again (e.g. after a new key): old answers no longer apply
-  }
-  refresh(true);
-  if (timer === null) {
-    timer = setInterval(() => refresh(false), REFRESH_MS);
-  }
-}
-
-export function hide() {
-  visible = false;
-  clearInterval(timer);
-  timer = null;
-}
+  },
+  onShow() {
+    lastSignature = "";
+    for (const alert of byId("objects-list").querySelectorAll('[role="alert"]')) {
+      alert.hidden = true; // shown again (e.g. after a new key): old answers no longer apply
+    }
+    refresh(true);
+  },
+  tick: () => refresh(false),
+  intervalMs: REFRESH_MS,
+});
+export const { show, hide } = lifecycle;
