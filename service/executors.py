@@ -73,3 +73,27 @@ class BackgroundProcesses:
 def background_processes(workers: int) -> BackgroundProcesses:
     """Up to `workers` processes at the lowest CPU priority, started on first use and kept."""
     return BackgroundProcesses(lambda: _spawned_processes(workers))
+
+
+class ServiceLoop:
+    """A gateway loop in a named daemon thread (the version follower, the job metrics): `start()`,
+    then `_run()` until `stop()` sets `_stop`, which `_run` waits on between rounds."""
+
+    thread_name = "iumad-loop"
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def _run(self) -> None:
+        raise NotImplementedError

@@ -13,13 +13,13 @@ truncated) is not retried in a loop: the runtime keeps the old one and the failu
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from model.errors import IumadError
+from service.executors import ServiceLoop
 from service.runtime import ModelRuntime
 from store.registry import ModelRegistry
 
@@ -29,7 +29,9 @@ FAILED_LOAD_RETRY_S = 60.0
 MAX_BACKOFF_S = 5.0
 
 
-class VersionFollower:
+class VersionFollower(ServiceLoop):
+    thread_name = "iumad-version-follower"
+
     def __init__(
         self,
         registry: ModelRegistry,
@@ -37,6 +39,7 @@ class VersionFollower:
         reconcile_interval_s: float = 2.0,
         block_ms: int = 1000,
     ) -> None:
+        super().__init__()
         self.registry = registry
         self.runtime = runtime
         self.reconcile_interval_s = reconcile_interval_s
@@ -46,18 +49,6 @@ class VersionFollower:
         self.last_error: str | None = None
         self.active_sequence: int | None = None
         self._failed: tuple[str, float] | None = None  # (version, when) of the last failed load
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="iumad-version-follower", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
 
     def status(self) -> dict[str, Any]:
         return {

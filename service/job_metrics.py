@@ -9,33 +9,24 @@ counts what it saw finish).
 from __future__ import annotations
 
 import logging
-import threading
 
 from redis.exceptions import RedisError
 
+from service.executors import ServiceLoop
 from service.metrics import ENROLMENT_DURATION, JOBS
 from store.job_store import STATES, JobStore
 
 log = logging.getLogger(__name__)
 
 
-class JobMetrics:
+class JobMetrics(ServiceLoop):
+    thread_name = "iumad-job-metrics"
+
     def __init__(self, jobs: JobStore, interval_s: float = 5.0) -> None:
+        super().__init__()
         self.jobs = jobs
         self.interval_s = interval_s
         self._finished: set[str] | None = None  # None until the first poll (old jobs are not observed)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="iumad-job-metrics", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
 
     def poll(self) -> None:
         records = self.jobs.list(limit=1000)

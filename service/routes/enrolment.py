@@ -121,7 +121,7 @@ async def enroll_object(
         )
     state.enrolment_uploads += 1  # the event loop is the only writer
     try:
-        response = await _enroll(request, state)
+        response = await _enrol(request, state)
     except ConflictError:
         ENROLMENT_UPLOADS.labels("conflict").inc()
         raise
@@ -137,7 +137,7 @@ async def enroll_object(
     return response
 
 
-async def _enroll(request: Request, state: AppState) -> JSONResponse:
+async def _enrol(request: Request, state: AppState) -> JSONResponse:
     registry, _ = require_lineage(state)
     settings = state.settings
     with redis_or_503("enrol"):
