@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.data.decode import DEFAULT_MAX_DEPTH_BYTES, DEFAULT_MAX_PIXELS
 from model.errors import InputError
-from model.network.presets import PRESETS, SHIPPED_PRESET, preset_config
+from model.network.presets import ANCHOR_WEIGHT, PRESETS, SHIPPED_PRESET, preset_config
 
 
 class Settings(BaseSettings):
@@ -119,7 +119,8 @@ class Settings(BaseSettings):
     anchor_weight: float | None = Field(
         None,
         ge=0,
-        description="Pull of an incremental step towards its parent's weights; unset = the default (1.0). "
+        description="Pull of an incremental step towards its parent's weights; unset = the default "
+        f"({ANCHOR_WEIGHT}). "
         "Lower learns new objects better and forgets old ones more (docs/BENCHMARKS.md, 6-1x4).",
     )
 

@@ -26,7 +26,7 @@ from model.network.config import ModelConfig
 from model.network.feature_extractor import MultiScaleFeatures
 from model.network.iumad import IUMADNet
 from model.network.label_classifier import LabelClassifier
-from model.network.presets import PRESETS, SHIPPED_PRESET
+from model.network.presets import ANCHOR_WEIGHT, PRESETS, SHIPPED_PRESET
 from model.training.calibration import ObjectCalibration, calibrate_object
 from model.training.losses import iumad_losses
 
@@ -83,10 +83,7 @@ class TrainingOptions:
     incremental_learning_rate: float = 2.5e-3
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
-    # L2 pull towards the parent's weights in incremental steps. 1.0, not 0.01: on 6-1x4 it took the
-    # I-AUROC forgetting from 19.4 to 1.2 points and the final mean from 71.3 to 81.0 (new objects
-    # learn less: docs/BENCHMARKS.md, "6-1x4 ... larger test set").
-    anchor_weight: float = 1.0
+    anchor_weight: float = ANCHOR_WEIGHT  # L2 pull towards the parent's weights (presets.py says why)
     depth_dropout: float = 0.1  # train the missing-depth path on objects that have depth
     max_seconds: float | None = None  # training-loop budget: the cosine schedule runs on elapsed time
     finish_by: float | None = None  # wall-clock deadline (time.time()) of the loop, e.g. a job's
