@@ -262,3 +262,57 @@ class InspectOptions(BaseModel):
     threshold: float | None = Field(
         None, allow_inf_nan=False, description="Raw-score threshold for this request only."
     )
+
+
+class Pictures(BaseModel):
+    width: int
+    height: int
+    outline: bool = Field(description="Whether there is an outline picture (the part was rejected).")
+
+
+class RecentInspection(BaseModel):
+    """One inspection as the dashboard's Live view shows it."""
+
+    id: str = Field(description="For GET /dashboard/recent/{id}/{rgb|heatmap|outline}.png.")
+    time: str
+    request_id: str
+    object: str
+    object_source: ObjectSource
+    decision: Literal["pass", "fail"]
+    is_anomalous: bool
+    score: float
+    raw_score: float
+    threshold: float
+    threshold_source: str
+    defect_area_fraction: float
+    model_version: str
+    modalities: list[str]
+    image_size: list[int] = Field(description="[height, width] of the uploaded image.")
+    warnings: list[str]
+    pictures_pending: bool
+    pictures: Pictures | None = Field(description="The thumbnails' size; null while being made or skipped.")
+
+
+class ObjectCounters(BaseModel):
+    inspected: int
+    rejected: int
+    reject_rate: float
+
+
+class RecentInspections(BaseModel):
+    since: str = Field(description="When this gateway started (counters count from then).")
+    capacity: int = Field(description="How many recent inspections this gateway keeps.")
+    serving: str | None
+    inspections: list[RecentInspection]
+    counters: dict[str, ObjectCounters]
+
+
+class ObjectScores(BaseModel):
+    raw_scores: list[float] = Field(description="Oldest first.")
+    rejected: list[bool]
+
+
+class RecentScores(BaseModel):
+    since: str
+    per_object: int = Field(description="At most this many scores per object.")
+    objects: dict[str, ObjectScores]

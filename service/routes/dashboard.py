@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi import Path as PathParam
@@ -25,7 +25,14 @@ from fastapi.responses import FileResponse, Response
 from model.errors import NotFoundError
 from service.auth import require_inspect
 from service.recent import PictureKind
-from service.schemas import OBJECT_NAME_PATTERN
+from service.schemas import (
+    OBJECT_NAME_PATTERN,
+    ObjectCounters,
+    ObjectScores,
+    RecentInspection,
+    RecentInspections,
+    RecentScores,
+)
 from service.state import AppState, get_state
 
 router = APIRouter(tags=["dashboard"])
@@ -71,25 +78,29 @@ def static_file(name: str) -> FileResponse:
     return FileResponse(path, media_type=MEDIA_TYPES[path.suffix], headers=_PAGE_HEADERS)
 
 
-@router.get("/dashboard/recent", summary="Recent inspections on this gateway, newest first (dashboard)")
+@router.get(
+    "/dashboard/recent",
+    response_model=RecentInspections,
+    summary="Recent inspections on this gateway, newest first (dashboard)",
+)
 def recent_inspections(
     state: Annotated[AppState, Depends(get_state)],
     _role: Annotated[str, Depends(require_inspect)],
     object: ObjectFilter = None,
     decision: Literal["pass", "fail"] | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-) -> dict[str, Any]:
+) -> RecentInspections:
     """From this gateway's bounded memory (the last `capacity` parts); `counters` are per object since
     `since` (the gateway's start), unfiltered. `pictures` is null while the thumbnails are being made
     or when the gateway was too busy to make them."""
     recent = state.recent
-    return {
-        "since": recent.started_at,
-        "capacity": recent.capacity,
-        "serving": state.runtime.version,
-        "inspections": recent.recent(object, decision, limit),
-        "counters": recent.counters(),
-    }
+    return RecentInspections(
+        since=recent.started_at,
+        capacity=recent.capacity,
+        serving=state.runtime.version,
+        inspections=[RecentInspection(**entry) for entry in recent.recent(object, decision, limit)],
+        counters={name: ObjectCounters(**counts) for name, counts in recent.counters().items()},
+    )
 
 
 @router.get(
@@ -118,17 +129,21 @@ def recent_picture(
     )
 
 
-@router.get("/dashboard/scores", summary="Recent raw scores per object, for threshold histograms (dashboard)")
+@router.get(
+    "/dashboard/scores",
+    response_model=RecentScores,
+    summary="Recent raw scores per object, for threshold histograms (dashboard)",
+)
 def recent_scores(
     state: Annotated[AppState, Depends(get_state)],
     _role: Annotated[str, Depends(require_inspect)],
     object: ObjectFilter = None,
-) -> dict[str, Any]:
+) -> RecentScores:
     """The latest raw scores of each object (oldest first, at most `per_object`) and whether each part
     was rejected, on this gateway since `since`."""
     recent = state.recent
-    return {
-        "since": recent.started_at,
-        "per_object": recent.scores_per_object,
-        "objects": recent.scores(object),
-    }
+    return RecentScores(
+        since=recent.started_at,
+        per_object=recent.scores_per_object,
+        objects={name: ObjectScores(**scores) for name, scores in recent.scores(object).items()},
+    )
