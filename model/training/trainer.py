@@ -184,6 +184,31 @@ def train_only_new_objects(net: IUMADNet, first_label: int) -> KeptRows:
     return kept
 
 
+@dataclass(frozen=True)
+class _Schedule:
+    """How long a training loop runs: a step cap (epochs), a time budget, or both."""
+
+    batch_size: int
+    steps_per_epoch: int
+    max_steps: int | None  # None: the time budget alone decides
+    budget_s: float | None
+
+    @classmethod
+    def of(cls, count: int, options: TrainingOptions) -> _Schedule:
+        batch_size = min(options.batch_size, count)
+        steps_per_epoch = max(1, count // batch_size)
+        budget_s = options.loop_budget_s()
+        epochs = options.epochs if options.epochs is not None else (None if budget_s else DEFAULT_EPOCHS)
+        max_steps = max(1, epochs * steps_per_epoch) if epochs is not None else None
+        return cls(batch_size, steps_per_epoch, max_steps, budget_s)
+
+    def progress(self, step: int, elapsed_s: float) -> float:
+        """The larger of steps done / step cap and time spent / budget, at most 1."""
+        by_steps = step / self.max_steps if self.max_steps is not None else 0.0
+        by_time = elapsed_s / self.budget_s if self.budget_s is not None else 0.0
+        return min(1.0, max(by_steps, by_time))
+
+
 def fit(
     net: IUMADNet,
     features: FeatureSet,
@@ -204,11 +229,8 @@ def fit(
     """
     generator = torch.Generator().manual_seed(options.seed)
     count = len(features)
-    batch_size = min(options.batch_size, count)
-    steps_per_epoch = max(1, count // batch_size)
-    budget_s = options.loop_budget_s()
-    epochs = options.epochs if options.epochs is not None else (None if budget_s else DEFAULT_EPOCHS)
-    max_steps = max(1, epochs * steps_per_epoch) if epochs is not None else None
+    schedule = _Schedule.of(count, options)
+    batch_size, steps_per_epoch, max_steps = schedule.batch_size, schedule.steps_per_epoch, schedule.max_steps
     optimiser = torch.optim.AdamW(
         [p for p in net.parameters() if p.requires_grad], lr=learning_rate, weight_decay=options.weight_decay
     )
@@ -219,9 +241,7 @@ def fit(
     running = 0.0
 
     def progress_now() -> float:
-        by_steps = step / max_steps if max_steps is not None else 0.0
-        by_time = (time.perf_counter() - started) / budget_s if budget_s is not None else 0.0
-        return min(1.0, max(by_steps, by_time))
+        return schedule.progress(step, time.perf_counter() - started)
 
     done = False
     while not done:
