@@ -126,6 +126,20 @@ def prepare_inputs(items: Sequence[InspectionInput], image_size: int) -> Prepare
     )
 
 
+def _present_modalities(batch: PreparedBatch, records: Sequence[ObjectRecord]) -> torch.Tensor:
+    """(B, 2) bool: the modalities each part has and its object was enrolled with (only those count)."""
+    present = torch.stack([batch.has_rgb, batch.has_depth], dim=1).clone()
+    for index, record in enumerate(records):
+        present[index, 0] &= "rgb" in record.modalities
+        present[index, 1] &= "depth" in record.modalities
+        if not bool(present[index].any()):
+            raise InputError(
+                f"object {record.name!r} was enrolled with {'+'.join(record.modalities)} "
+                f"but the request has no such input"
+            )
+    return present
+
+
 class NetworkGraph(Protocol):
     """What runs the network for an `InspectionModel`: prepared images and object labels (-1 =
     predict) in, per-token error maps (B, 2, h, w) and object probabilities (B, K) out, on the CPU."""
@@ -248,25 +262,8 @@ class InspectionModel:
         objects: Sequence[str | None],
     ) -> list[Prediction]:
         """Object choice, per-object normalisation, anomaly map and score (shared by every backend)."""
-        records, confidences, predicted = [], [], []
-        sources: list[ObjectSource] = []
-        for index, name in enumerate(objects):
-            label = int(probabilities[index].argmax())
-            best = self.by_label[label]
-            predicted.append((best.name, float(probabilities[index, label])))
-            record = self.object(name) if name is not None else best
-            records.append(record)
-            sources.append("given" if name is not None else "predicted")
-            confidences.append(float(probabilities[index, record.label]))
-        present = torch.stack([batch.has_rgb, batch.has_depth], dim=1).clone()
-        for index, record in enumerate(records):  # use only the modalities the object was enrolled with
-            present[index, 0] &= "rgb" in record.modalities
-            present[index, 1] &= "depth" in record.modalities
-            if not bool(present[index].any()):
-                raise InputError(
-                    f"object {record.name!r} was enrolled with {'+'.join(record.modalities)} "
-                    f"but the request has no such input"
-                )
+        records, sources, confidences, predicted = self._choose_objects(probabilities, objects)
+        present = _present_modalities(batch, records)
         mean = torch.tensor([record.norm_mean for record in records], dtype=errors.dtype)
         std = torch.tensor([record.norm_std for record in records], dtype=errors.dtype)
         unset = [float("nan")] * 2  # calibrated before per-modality score statistics: averaged maps
@@ -310,6 +307,22 @@ class InspectionModel:
                 )
             )
         return results
+
+    def _choose_objects(
+        self, probabilities: torch.Tensor, objects: Sequence[str | None]
+    ) -> tuple[list[ObjectRecord], list[ObjectSource], list[float], list[tuple[str, float]]]:
+        """Per part: its object's record (the given one, else the most probable), where that choice
+        came from, its probability, and the most probable object with its probability."""
+        records, sources, confidences, predicted = [], [], [], []
+        for index, name in enumerate(objects):
+            label = int(probabilities[index].argmax())
+            best = self.by_label[label]
+            predicted.append((best.name, float(probabilities[index, label])))
+            record = self.object(name) if name is not None else best
+            records.append(record)
+            sources.append("given" if name is not None else "predicted")
+            confidences.append(float(probabilities[index, record.label]))
+        return records, sources, confidences, predicted
 
     def predict(self, items: Sequence[InspectionInput]) -> list[Prediction]:
         batch = prepare_inputs(items, self.config.image_size)
