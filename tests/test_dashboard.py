@@ -329,12 +329,19 @@ def wait_js(page: Any, expression: str, timeout_s: float = 15.0) -> None:
 
 
 def use_key(page: Any, value: str) -> None:
-    """Enter a key in the header, as an operator does; waits for the Objects view to reload with it."""
-    renders = page.evaluate("Number(document.querySelector('#objects-list').dataset.renders || 0)")
+    """Enter a key in the header, as an operator does; waits for the Objects view to reload with it
+    (a reload replaces every object card: the cards seen before are marked, and must be gone)."""
+    had_cards = page.evaluate(
+        "(() => { const cards = document.querySelectorAll('#objects-list .object-card');"
+        " cards.forEach((card) => card.setAttribute('data-seen-by-test', '')); return cards.length > 0; })()"
+    )
     page.fill("#api-key", value)
     page.click("#key-save")
     if page.is_visible("#view-objects"):
-        wait_js(page, f"Number(document.querySelector('#objects-list').dataset.renders || 0) > {renders}")
+        if had_cards:
+            wait_js(page, "!document.querySelector('#objects-list [data-seen-by-test]')")
+        else:
+            wait_js(page, "document.querySelector('#objects-list .object-card') !== null")
 
 
 def _watch_console(page: Any, session: Browser) -> None:

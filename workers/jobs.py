@@ -12,11 +12,8 @@ active pointer is untouched and no version directory appears (versions are writt
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
-import os
 import resource
-import signal
 import tempfile
 import threading
 import time
@@ -34,6 +31,7 @@ from store.job_store import JobStore
 from store.lineage_lock import LINEAGE_LOCK_TTL_S, LineageLock, lineage_lock_key
 from store.registry import ActiveVersion, ModelRegistry, StaleActivationError
 from store.samples import StoredEnrolment, discard_enrolment, load_enrolment, sample_source
+from workers.rq_worker import die_with_parent
 
 if TYPE_CHECKING:
     from model.checkpoint import Manifest
@@ -45,23 +43,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 2.0
-PR_SET_PDEATHSIG = 1
 # What the job keeps, after its training loop, for calibration, the forgetting guard, the ONNX export
 # and saving: a fixed part plus a share of the job's budget (measured: about 10-15 s for 250 pairs on
 # 2 cores; docs/BENCHMARKS.md, "Enrolment end to end").
 AFTER_TRAINING_RESERVE_S = 20.0
 AFTER_TRAINING_RESERVE_SHARE = 0.05
-
-
-def die_with_parent() -> None:
-    """Make the kernel kill this work horse when its worker dies (rq puts the horse in its own group)."""
-    parent = os.getppid()
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the heartbeat still exposes the orphan
-        return
-    if os.getppid() != parent:
-        os._exit(1)
 
 
 def enrolment_training_options(settings: Settings, started: float, deadline: float) -> TrainingOptions:
@@ -510,7 +496,7 @@ def enroll_object(spec: dict[str, Any]) -> dict[str, Any]:
     """rq entry point. `spec`: object, enrolment (path under samples_dir), replace, options."""
     from rq import get_current_job
 
-    die_with_parent()
+    die_with_parent()  # the work horse goes when its worker goes
     job = get_current_job()
     if job is None:
         raise RuntimeError("enroll_object must run inside an rq worker")

@@ -320,7 +320,6 @@ async function refresh(force = false) {
         input.dispatchEvent(new Event("input"));
       }
     }
-    container.dataset.renders = String(Number(container.dataset.renders || 0) + 1);
   } catch (error) {
     notify(byId("objects-error"), describeError(error));
   }
