@@ -53,6 +53,23 @@ def find_redis_server() -> str:
     return found
 
 
+def stop_process(
+    process: subprocess.Popen | None, grace_s: float = 10.0, signals: tuple[int, ...] = (signal.SIGTERM,)
+) -> None:
+    """Send each of `signals` in turn, giving the process `grace_s` after each to exit; then SIGKILL."""
+    if process is None or process.poll() is not None:
+        return
+    for signal_number in signals:
+        process.send_signal(signal_number)
+        try:
+            process.wait(grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    process.kill()
+    process.wait()
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -192,13 +209,7 @@ class RedisServerProcess:
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM: Redis flushes its append-only file and exits."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, timeout_s)
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
 
@@ -258,17 +269,7 @@ class WorkerProcess:
     def stop(self, grace_s: float = 5.0) -> None:
         """rq: SIGTERM = finish the current job; a second SIGTERM = kill it. Then SIGKILL."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        for signal_number in (signal.SIGTERM, signal.SIGTERM):
-            process.send_signal(signal_number)
-            try:
-                process.wait(grace_s)
-                return
-            except subprocess.TimeoutExpired:
-                continue
-        process.kill()
-        process.wait()
+        stop_process(process, grace_s, signals=(signal.SIGTERM, signal.SIGTERM))
 
 
 class EmbeddedServices:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from iumad import embedded
 from iumad.embedded import RedisServerProcess, free_port
 
 TINY_NETWORK = {"hidden_size": 32, "num_layers": 1, "num_heads": 4, "state_size": 4}
@@ -89,14 +89,7 @@ def start_gateway(
 
 
 def stop_process(process: subprocess.Popen | None, timeout_s: float = 15.0) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    embedded.stop_process(process, timeout_s)
 
 
 def wait_until(
