@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 
@@ -263,14 +264,7 @@ def fit(
             step += 1
             running = 0.9 * running + 0.1 * loss if step > 1 else loss
             if step % steps_per_epoch == 0:
-                curve.append(
-                    {
-                        "step": step,
-                        "seconds": round(time.perf_counter() - started, 2),
-                        "loss": round(running, 5),
-                        **{k: round(v, 5) for k, v in terms.items() if k != "total"},
-                    }
-                )
+                curve.append(_curve_point(step, time.perf_counter() - started, running, terms))
                 if progress is not None:
                     low, high = progress_span
                     progress(
@@ -285,6 +279,16 @@ def fit(
         "batch_size": batch_size,
         "learning_rate": learning_rate,
         "curve": curve,
+    }
+
+
+def _curve_point(step: int, seconds: float, running_loss: float, terms: dict[str, float]) -> dict:
+    """One point of the manifest's loss curve: at the end of an epoch, with each loss term."""
+    return {
+        "step": step,
+        "seconds": round(seconds, 2),
+        "loss": round(running_loss, 5),
+        **{k: round(v, 5) for k, v in terms.items() if k != "total"},
     }
 
 
@@ -380,17 +384,9 @@ def train_version(
 
     started = time.perf_counter()
     summary = fit(
-        start.net,
-        all_train,
-        labels,
-        options,
-        start.learning_rate,
-        start.anchor,
-        report,
-        should_cancel,
-        (0.25, 0.9),
-        start.kept_rows,
-    )
+        start.net, all_train, labels, options, start.learning_rate, start.anchor, report, should_cancel,
+        (0.25, 0.9), start.kept_rows,
+    )  # fmt: skip
     timings["training_s"] = round(time.perf_counter() - started, 2)
 
     started = time.perf_counter()
@@ -402,22 +398,34 @@ def train_version(
     ]
     timings["calibration_s"] = round(time.perf_counter() - started, 2)
 
-    manifest = Manifest(
-        version=version,
-        config=config,
-        feature_channels={"rgb": int(start.net.rgb_mean.numel()), "depth": int(start.net.depth_mean.numel())},
-        objects=records,
-        parent=parent.version if parent is not None else None,
-        training={
-            "kind": "base" if parent is None else "incremental",
-            "new_objects": [item.name for item in new_objects],
-            "options": asdict(options),
-            "timings": timings,
-            **summary,
-        },
-    )
+    training = {
+        "kind": "base" if parent is None else "incremental",
+        "new_objects": [item.name for item in new_objects],
+        "options": asdict(options),
+        "timings": timings,
+        **summary,
+    }
+    manifest = _manifest(version, config, start.net, records, parent, training)
     report(1.0, "trained", {})
     return TrainingResult(net=start.net, manifest=manifest, holdout_features={**retained, **features.holdout})
+
+
+def _manifest(
+    version: str,
+    config: ModelConfig,
+    net: IUMADNet,
+    records: list[ObjectRecord],
+    parent: InspectionModel | None,
+    training: dict[str, Any],
+) -> Manifest:
+    return Manifest(
+        version=version,
+        config=config,
+        feature_channels={"rgb": int(net.rgb_mean.numel()), "depth": int(net.depth_mean.numel())},
+        objects=records,
+        parent=parent.version if parent is not None else None,
+        training=training,
+    )
 
 
 def _check_new_objects(
