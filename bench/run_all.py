@@ -41,10 +41,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    repeats = "3" if args.quick else "20"
     service_dir = out / "service-data"
     shutil.rmtree(service_dir, ignore_errors=True)
-    parts = [
+    parts = [*_offline_sections(out, args.quick, service_dir), _service_load_section(out, args, service_dir)]
+    report = out / "report.md"
+    report.write_text("# Benchmark run\n\n" + "\n".join(parts))
+    print(f"wrote {report}")
+    return 0
+
+
+def _offline_sections(out: Path, quick: bool, service_dir: Path) -> list[str]:
+    """Model speed, training speed, memory, and the enrolments whose versions the load phase serves."""
+    repeats = "3" if quick else "20"
+    enrolment = [
+        *("--train", "30" if quick else "250", "--test", "8" if quick else "40"),
+        *(["--max-minutes", "1"] if quick else []),
+        *("--keep-service-dir", str(service_dir)),
+        *("--json", str(out / "enrolment.json"), "--out", str(out / "enrolment.md")),
+    ]
+    return [
         section(
             out,
             "model_speed",
@@ -55,43 +70,23 @@ def main(argv: list[str] | None = None) -> int:
             out,
             "training_speed",
             "bench.training_speed",
-            ["--repeats", "2" if args.quick else "5", "--out", str(out / "training_speed.md")],
+            ["--repeats", "2" if quick else "5", "--out", str(out / "training_speed.md")],
         ),
         section(out, "memory", "bench.memory", ["--out", str(out / "memory.md")]),
-        section(
-            out,
-            "enrolment",
-            "bench.enrolment",
-            [
-                "--train",
-                "30" if args.quick else "250",
-                "--test",
-                "8" if args.quick else "40",
-                *(["--max-minutes", "1"] if args.quick else []),
-                "--keep-service-dir",
-                str(service_dir),
-                "--json",
-                str(out / "enrolment.json"),
-                "--out",
-                str(out / "enrolment.md"),
-            ],
-        ),
+        section(out, "enrolment", "bench.enrolment", enrolment),
     ]
+
+
+def _service_load_section(out: Path, args: argparse.Namespace, service_dir: Path) -> str:
+    """The gateway under load on the enrolled versions (with a hot swap between them when two)."""
     enrolments = json.loads((out / "enrolment.json").read_text())["enrolments"]
     version = enrolments[-1]["version"]
     load_arguments = [
-        "--start-server",
-        str(service_dir),
-        "--clients",
-        "8",
-        "--seconds",
-        "10" if args.quick else "60",
-        "--half-load",
+        *("--start-server", str(service_dir), "--clients", "8"),
+        *("--seconds", "10" if args.quick else "60", "--half-load"),
         *(["--swap-to", enrolments[0]["version"]] if len(enrolments) > 1 else []),
-        "--soak-seconds",
-        "0" if args.quick else str(args.soak_seconds),
-        "--json",
-        str(out / "service_load.json"),
+        *("--soak-seconds", "0" if args.quick else str(args.soak_seconds)),
+        *("--json", str(out / "service_load.json")),
     ]
     target = out / "service_load.md"
     print(f"== service_load (model {version})", flush=True)
@@ -103,14 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         text=True,
     )
     target.write_text(f"```\n{result.stdout}```\n")
-    parts.append(
+    return (
         f"## service_load\n\n`python -m bench.service_load {' '.join(load_arguments)}` "
         f"({time.perf_counter() - started:.0f} s)\n\n{target.read_text()}\n"
     )
-    report = out / "report.md"
-    report.write_text("# Benchmark run\n\n" + "\n".join(parts))
-    print(f"wrote {report}")
-    return 0
 
 
 if __name__ == "__main__":
