@@ -153,6 +153,11 @@ class Settings(BaseSettings):
             preset_config(self.network_preset, **self.network_config)
         except InputError as error:
             raise ValueError(f"IUMAD_NETWORK_PRESET / IUMAD_NETWORK_CONFIG: {error}") from None
+        if self.inference_backend == "onnxruntime" and self.backbone_weights is not None:
+            raise ValueError(
+                "IUMAD_BACKBONE_WEIGHTS applies to the PyTorch backend only (the ONNX graph carries the "
+                "backbone it was exported with): unset one, or set IUMAD_INFERENCE_BACKEND=torch or auto"
+            )
         return self
 
     @property

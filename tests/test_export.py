@@ -5,6 +5,7 @@ import pytest
 from tiny_model import assert_same_prediction, sample_source, train_tiny
 
 from iumad.cli import main
+from iumad.settings import Settings
 from model.checkpoint import ONNX_FILE, save_version
 from model.errors import CheckpointError
 from model.export import export_onnx, load_serving_model, onnx_model, serving_backend
@@ -111,6 +112,8 @@ def test_backbone_weights_of_ones_own_are_served_by_pytorch_never_dropped(export
     assert serving_backend(with_graph, trained.manifest, "auto", "cpu", weights) == "torch"
     with pytest.raises(CheckpointError, match="IUMAD_BACKBONE_WEIGHTS applies to the PyTorch backend"):
         serving_backend(with_graph, trained.manifest, "onnxruntime", "cpu", weights)
+    with pytest.raises(ValueError, match="IUMAD_BACKBONE_WEIGHTS applies to the PyTorch backend only"):
+        Settings(data_dir=tmp_path, inference_backend="onnxruntime", backbone_weights=weights)
 
 
 def test_the_runtime_and_metrics_name_the_backend_in_use(exported, tmp_path):

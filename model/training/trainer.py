@@ -282,13 +282,13 @@ def fit(
     }
 
 
-def _curve_point(step: int, seconds: float, running_loss: float, terms: dict[str, float]) -> dict:
+def _curve_point(step: int, seconds: float, running_loss: float, terms: dict[str, torch.Tensor]) -> dict:
     """One point of the manifest's loss curve: at the end of an epoch, with each loss term."""
     return {
         "step": step,
         "seconds": round(seconds, 2),
         "loss": round(running_loss, 5),
-        **{k: round(v, 5) for k, v in terms.items() if k != "total"},
+        **{k: round(float(v), 5) for k, v in terms.items() if k != "total"},
     }
 
 
@@ -301,7 +301,7 @@ def _training_step(
     generator: torch.Generator,
     optimiser: torch.optim.Optimizer,
     anchor: dict[str, torch.Tensor] | None,
-) -> tuple[float, dict[str, float]]:
+) -> tuple[float, dict[str, torch.Tensor]]:
     """One optimiser step on the batch `index` (depth dropped from some samples so the missing-depth
     path trains); returns the loss and its terms."""
     has_depth = features.has_depth[index].clone()
@@ -324,7 +324,8 @@ def _training_step(
     loss.backward()
     torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
     optimiser.step()
-    return float(loss.detach()), {k: float(v.detach()) for k, v in terms.items()}
+    # The terms stay tensors: read once an epoch (a float() per term and step would sync a GPU).
+    return float(loss.detach()), {k: v.detach() for k, v in terms.items()}
 
 
 def _errors_for(
