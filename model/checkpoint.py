@@ -184,7 +184,7 @@ def load_version(directory: Path, verify: bool = True) -> tuple[IUMADNet, Manife
         net.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise CheckpointError(f"{weights} does not fit its manifest's config: {error}") from error
-    return net.eval(), manifest
+    return net.for_inference(), manifest
 
 
 def clone_net(net: IUMADNet) -> IUMADNet:

@@ -158,7 +158,7 @@ class TorchGraph:
         self, net: IUMADNet, config: ModelConfig, device: str = "cpu", backbone_weights: Path | None = None
     ) -> None:
         self.device = torch.device(device)
-        self.net = net.to(self.device).eval()
+        self.net = net.to(self.device).for_inference()
         self.features = feature_extractor_for(config, backbone_weights, str(self.device))
 
     @torch.inference_mode()

@@ -3,6 +3,7 @@ only the new object's, leaving every old object's path through the network bit-i
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 from tiny_model import TINY_CONFIG, assert_same_prediction, sample_source, train_tiny
 
+from model.checkpoint import clone_net, load_version, save_version
 from model.export import export_onnx, onnx_model
 from model.inference import InspectionInput, InspectionModel
 from model.network.object_adapters import ObjectAdapters
@@ -96,11 +98,23 @@ def test_an_incremental_step_leaves_every_old_object_bit_identical(base_and_chil
         np.testing.assert_array_equal(ours.anomaly_map, theirs.anomaly_map)
         assert ours.raw_score == theirs.raw_score
     records = {r.name: r for r in child.manifest.objects}
-    for record in base.manifest.objects:
-        assert (records[record.name].norm_mean, records[record.name].norm_std) == (
-            record.norm_mean,
-            record.norm_std,
-        )
+    for record in base.manifest.objects:  # statistics, threshold, calibration summary: all kept
+        assert dataclasses.asdict(records[record.name]) == dataclasses.asdict(record)
+
+
+def test_every_error_map_is_computed_by_a_network_that_asks_for_no_gradient(base_and_child, tmp_path):
+    """A Linear on a permuted input runs as a folded or a batched matrix product depending on whether
+    its weight requires grad; on CPUs without AVX the two differ in the last bits, which once made an
+    old object's calibration under its child differ from the parent's (issue 26). Trained, loaded
+    and served networks all take the frozen path."""
+    base, child = base_and_child
+    for trained in (base.net, child.net):
+        assert not any(p.requires_grad for p in trained.parameters()) and not trained.training
+    served = InspectionModel(clone_net(child.net), child.manifest)
+    assert not any(p.requires_grad for p in served.net.parameters())
+    save_version(child.net, copy.deepcopy(child.manifest), tmp_path / "v")
+    loaded, _ = load_version(tmp_path / "v")
+    assert not any(p.requires_grad for p in loaded.parameters())
 
 
 def test_onnx_runs_each_part_through_its_objects_adapters(base_and_child, tmp_path):

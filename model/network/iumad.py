@@ -193,6 +193,19 @@ class IUMADNet(nn.Module):
             fusion=fused,
         )
 
+    def for_inference(self) -> IUMADNet:
+        """Eval mode with no parameter asking for a gradient: how every error map is computed
+        (calibration, inspection, the forgetting guard), so that all of them take one path.
+
+        Why it matters: PyTorch's matmul runs a Linear on a non-contiguous input as one folded
+        matrix product or as a batched one depending on whether the weight requires grad, and the
+        two sum in different orders; on some CPUs (no AVX, for one) the results then differ in the
+        last bits. A network still marked trainable would calibrate an object slightly differently
+        from the same weights loaded for serving (issue 26).
+        """
+        self.requires_grad_(False)
+        return self.eval()
+
     @property
     def has_object_adapters(self) -> bool:
         return self.config.object_adapter_rank > 0

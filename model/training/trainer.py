@@ -272,7 +272,7 @@ def fit(
                         "training",
                         {"loss": running, "step": step, "steps": max_steps},
                     )
-    net.eval()
+    net.for_inference()
     return {
         "steps": step,
         "seconds": round(time.perf_counter() - started, 2),
@@ -548,11 +548,16 @@ def _recalibrated(
     retained: dict[str, FeatureSet],
     version: str,
 ) -> list[ObjectRecord]:
-    """The old objects' records, re-calibrated where their held-out features were kept."""
+    """The old objects' records, re-calibrated where their held-out features were kept.
+
+    With object adapters an old object's path through the network is frozen, so its calibration
+    cannot change: its record is kept as it is, bit for bit, rather than recomputed (a recomputation
+    is work for nothing, and any difference in how it runs would move the threshold's last bits).
+    """
     records = []
     for record in old_records:
         updated = ObjectRecord(**asdict(record))
-        if record.name in retained:
+        if record.name in retained and not net.has_object_adapters:
             result = _calibrated(
                 net,
                 config,
