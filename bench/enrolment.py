@@ -34,6 +34,7 @@ from bench.service_load import free_port, start_server
 from iumad.commands.demo import archive_normal_samples
 from model.evaluation.metrics import image_auroc
 
+METRIC_KEYS = ("i_auroc", "p_auroc", "aupro")
 FINISHED = ("succeeded", "failed", "canceled", "needs_review")
 WORKER_SPLIT = (
     "wait_s",
@@ -110,16 +111,14 @@ def inspect_quality(
     import torch
     import torch.nn.functional as F
 
-    from model.data.datasets import list_samples
-    from model.data.decode import read_mask
-    from model.data.samples import resize_mask
+    from model.data.samples import pixel_truth
     from model.evaluation.metrics import aupro, pixel_auroc
     from service.masks import decode_anomaly_map
 
-    samples = list_samples(data, name, "test")
-    if test_validation:
-        samples += list_samples(data, name, "validation")
-    labels, scores, latencies, maps, truths = [], [], [], [], []
+    samples = test_samples(data, name, test_validation)
+    truths = pixel_truth(samples, 224) if with_maps else None
+    with_maps = truths is not None  # an object with image labels only: its pixel metrics are n/a
+    labels, scores, latencies, maps = [], [], [], []
     for sample in samples:
         started = time.perf_counter()
         answer = _inspect_one(client, name, sample, with_maps)
@@ -129,17 +128,28 @@ def inspect_quality(
         if with_maps:
             full = torch.from_numpy(decode_anomaly_map(answer["anomaly_map"]).astype(np.float32))
             maps.append(F.interpolate(full[None, None], size=(224, 224), mode="bilinear")[0, 0].numpy())
-            mask = read_mask(sample.gt_path) if sample.gt_path is not None else None
-            truths.append(resize_mask(mask, 224) if mask is not None else np.zeros((224, 224), bool))
     result = {
         "i_auroc": round(100 * image_auroc(np.array(labels), np.array(scores)), 1),
+        "p_auroc": None,
+        "aupro": None,
         "parts": len(labels),
         "median_latency_ms": round(1000 * float(np.median(latencies)), 1),
     }
     if with_maps:
-        result["p_auroc"] = round(100 * pixel_auroc(np.stack(truths), np.stack(maps)), 1)
-        result["aupro"] = round(100 * aupro(np.stack(truths), np.stack(maps)), 1)
+        result["p_auroc"] = round(100 * pixel_auroc(truths, np.stack(maps)), 1)
+        result["aupro"] = round(100 * aupro(truths, np.stack(maps)), 1)
     return result
+
+
+def test_samples(data: Path, name: str, test_validation: bool) -> list:
+    """The object's test split, and with `test_validation` its validation images as good parts
+    (an object may have no validation images)."""
+    from model.data.datasets import list_samples
+
+    samples = list_samples(data, name, "test")
+    if test_validation:
+        samples += list_samples(data, name, "validation", allow_empty=True)
+    return samples
 
 
 def inspect_auroc(client: httpx.Client, data: Path, name: str) -> dict:
@@ -252,7 +262,7 @@ def markdown(report: dict) -> str:
         worker = item["worker"]
         cells = [f"{worker[key]:.1f} s" if worker.get(key) is not None else "-" for key in WORKER_SPLIT]
         quality = ", ".join(
-            f"{name} {' / '.join(str(value[k]) for k in ('i_auroc', 'p_auroc', 'aupro') if k in value)}"
+            f"{name} {' / '.join('n/a' if value.get(k) is None else str(value[k]) for k in METRIC_KEYS)}"
             for name, value in item["quality"].items()
         )
         lines.append(

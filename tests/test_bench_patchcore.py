@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -10,10 +11,10 @@ import torch
 from torch import nn
 
 from iumad.cli import main
-from model.data.samples import Sample
+from model.data.samples import Sample, pixel_truth
 from model.errors import InputError
 from model.evaluation import benchmark
-from model.evaluation.benchmark import ground_truth, results_markdown, run_benchmark
+from model.evaluation.benchmark import results_markdown, run_benchmark
 from model.evaluation.patchcore import PatchCore, greedy_coreset, nearest_distances
 
 
@@ -113,7 +114,7 @@ class OracleMethod:
         self.learned.append(list(objects))
 
     def predict(self, object_name, samples):
-        maps = ground_truth(samples, self.image_size).astype(np.float32)
+        maps = pixel_truth(samples, self.image_size).astype(np.float32)
         if self.worse_after is not None and len(self.learned) > self.worse_after:
             maps = np.zeros_like(maps)  # forgets everything: every score ties
         return maps.reshape(len(samples), -1).max(axis=1), maps
@@ -153,6 +154,38 @@ def test_run_benchmark_forgetting(synthetic_root, oracle):
     assert results["steps"][2]["eval"]["tile"]["i_auroc"] == 50.0
     assert results["fm"] == {"i_auroc": 50.0, "aupro": 85.0}
     assert "FM: I-AUROC 50.0, AUPRO 85.0." in results_markdown(results)
+
+
+class LabelOracle:
+    """Scores a part by its label and returns flat maps: what an object without masks can show."""
+
+    name = "label-oracle"
+
+    def __init__(self, image_size: int = 224) -> None:
+        self.image_size = image_size
+
+    def learn(self, objects, train):
+        pass
+
+    def predict(self, object_name, samples):
+        scores = np.array([float(sample.is_anomalous) for sample in samples])
+        return scores, np.zeros((len(samples), self.image_size, self.image_size), np.float32)
+
+
+def test_an_object_without_masks_is_scored_at_image_level_only(synthetic_root, tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root)
+    for folder in (root / "ring").glob("test/*/gt"):
+        shutil.rmtree(folder)
+    monkeypatch.setitem(benchmark.METHODS, "label-oracle", LabelOracle)
+    results = run_benchmark(
+        root, "2-0", objects=["disc", "ring"], method="label-oracle", image_size=64, progress=False,
+        out_dir=tmp_path / "out",
+    )  # fmt: skip
+    evaluation = results["steps"][0]["eval"]
+    assert evaluation["ring"] == {"i_auroc": 100.0, "p_auroc": None, "aupro": None}
+    assert evaluation["disc"]["p_auroc"] is not None  # the object with masks keeps its pixel metrics
+    assert "100.0 / n/a" in (tmp_path / "out" / "results.md").read_text()
 
 
 def test_run_benchmark_bad_arguments(synthetic_root):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from iumad.cli import main
 from model.data.datasets import detect_layout, list_objects, list_samples
-from model.data.samples import load_sample, load_samples
+from model.data.samples import load_sample, load_samples, pixel_truth
 from model.data.synthetic import render_image, write_synthetic_dataset
 from model.errors import InputError
 
@@ -109,11 +109,38 @@ def test_an_object_without_any_xyz_folder_is_rgb_only(small_mvtec):
     assert all(s.depth_path is not None for s in list_samples(small_mvtec, "ring", "train"))
 
 
-def test_anomalous_test_image_without_mask(small_mvtec):
+def test_anomalous_test_image_without_mask_when_others_have_masks(small_mvtec):
     kind = next(p.name for p in (small_mvtec / "disc" / "test").iterdir() if p.name != "good")
     (small_mvtec / "disc" / "test" / kind / "gt" / "000.png").unlink()
-    with pytest.raises(InputError, match="without a mask"):
+    with pytest.raises(InputError, match="without a mask.*give every one a mask, or none of them"):
         list_samples(small_mvtec, "disc", "test")
+    problems: list[str] = []
+    kept = list_samples(small_mvtec, "disc", "test", skip_bad=True, problems=problems)
+    assert len(problems) == 1 and all(sample.mask_known for sample in kept)
+
+
+def remove_masks(object_dir: Path) -> None:
+    for folder in object_dir.glob("test/*/gt"):
+        shutil.rmtree(folder)
+
+
+def test_an_object_without_any_mask_has_image_labels_only(small_mvtec):
+    remove_masks(small_mvtec / "disc")
+    samples = list_samples(small_mvtec, "disc", "test")
+    defective = [s for s in samples if s.is_anomalous]
+    assert defective and all(s.gt_path is None and not s.mask_known for s in defective)
+    assert all(s.mask_known for s in samples if not s.is_anomalous)
+    assert load_sample(defective[0]).gt is None  # unknown, not "all normal"
+    assert load_sample(next(s for s in samples if not s.is_anomalous)).gt is not None
+    assert pixel_truth(samples, 16) is None
+    assert pixel_truth(list_samples(small_mvtec, "ring", "test"), 16).shape == (4, 16, 16)
+
+
+def test_an_optional_split_may_be_empty(small_mvtec):
+    shutil.rmtree(small_mvtec / "ring" / "validation")
+    assert list_samples(small_mvtec, "ring", "validation", allow_empty=True) == []
+    with pytest.raises(InputError, match="validation split has no usable samples"):
+        list_samples(small_mvtec, "ring", "validation")
 
 
 def test_unknown_object_lists_the_known_ones(small_mvtec):

@@ -10,6 +10,7 @@ from pathlib import Path
 from iumad.commands.train import parse_objects
 from model.data.datasets import list_samples
 from model.errors import InputError
+from model.evaluation.benchmark import mean_of, percent
 from model.evaluation.evaluate import evaluate_object
 from model.inference import InspectionModel
 
@@ -27,20 +28,20 @@ def run(args: argparse.Namespace) -> int:
     names = parse_objects(args.objects) if args.objects else [r.name for r in model.objects]
     for name in names:
         model.object(name)  # unknown -> NotFoundError, exit 2
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, float | None]] = {}
     for name in names:
         samples = list_samples(args.data, name, "test", args.skip_bad)
         metrics = evaluate_object(model, name, samples)
-        results[name] = {key: round(100 * value, 2) for key, value in metrics.items()}
+        results[name] = {key: percent(value) for key, value in metrics.items()}
+        shown = {key: "n/a" if value is None else f"{value:6.2f}" for key, value in results[name].items()}
         print(
-            f"{name:<16} I-AUROC {results[name]['i_auroc']:6.2f}  P-AUROC {results[name]['p_auroc']:6.2f}  "
-            f"AUPRO {results[name]['aupro']:6.2f}",
+            f"{name:<16} I-AUROC {shown['i_auroc']}  P-AUROC {shown['p_auroc']}  AUPRO {shown['aupro']}",
             file=sys.stderr,
         )
     if not results:
         raise InputError("nothing to evaluate")
     keys = ("i_auroc", "p_auroc", "aupro")
-    mean = {key: round(sum(r[key] for r in results.values()) / len(results), 2) for key in keys}
+    mean = {key: mean_of([r[key] for r in results.values()]) for key in keys}
     report = {"model": model.version, "objects": results, "mean": mean}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

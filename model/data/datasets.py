@@ -42,13 +42,15 @@ def list_samples(
     skip_bad: bool = False,
     problems: list[str] | None = None,
     eyecandies_image: int = eyecandies.DEFAULT_IMAGE,
+    allow_empty: bool = False,
 ) -> list[Sample]:
     """Items of one object and split.
 
     Bad items (an RGB file without depth, an anomalous test image without mask, an unreadable
     Eyecandies mask or yaml) raise InputError naming the file; with `skip_bad=True` they are left
     out, logged, and their messages appended to `problems` when a list is given, so callers can
-    count them. An unknown object or an empty split is always an error. Files are only decoded
+    count them. An unknown object is always an error, an empty split too unless `allow_empty` (an
+    optional split, such as the validation images an object may not have). Files are only decoded
     when loaded (`load_sample`), where unreadable images and size mismatches surface.
     """
     root = Path(root)
@@ -65,6 +67,6 @@ def list_samples(
         )
     else:
         samples = mvtec3d.list_samples(root, object, split, skip_bad, problems)
-    if not samples:
+    if not samples and not allow_empty:
         raise InputError(f"{root / object}: the {split} split has no usable samples")
     return samples

@@ -5,6 +5,9 @@
 
 An object without any `xyz` folder is RGB-only (a station without a depth camera): its samples have
 no depth. An object with depth must have it for every image: a missing depth file is an error.
+An object without any `gt` file among its defective test images has image labels only (as much
+of users' own data does): it is scored at image level, and its pixel metrics are not available.
+An object with masks must have one for every defective test image: a missing mask is an error.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ def list_defect_samples(
     skip_bad: bool,
     problems: list[str] | None,
     with_depth: bool = True,
+    with_masks: bool = True,
 ) -> list[Sample]:
     base = object_dir / split / defect
     depths = files_by_stem(base / "xyz", DEPTH_SUFFIXES)
@@ -68,9 +72,13 @@ def list_defect_samples(
             report_problem(f"{rgb_path}: no depth file {base / 'xyz' / stem}.tiff", skip_bad, problems)
             continue
         gt_path = masks.get(stem) if split == "test" else None
-        if split == "test" and defect != GOOD and gt_path is None:
+        if split == "test" and defect != GOOD and gt_path is None and with_masks:
             report_problem(
-                f"{rgb_path}: anomalous test image without a mask in {base / 'gt'}", skip_bad, problems
+                f"{rgb_path}: anomalous test image without a mask in {base / 'gt'} (other defective "
+                f"test images of {object_dir.name} have masks: give every one a mask, or none of them "
+                f"for image-level scoring only)",
+                skip_bad,
+                problems,
             )
             continue
         samples.append(
@@ -86,6 +94,15 @@ def list_defect_samples(
     return samples
 
 
+def has_masks(object_dir: Path) -> bool:
+    """Whether the object's defective test images come with ground-truth masks (any one of them)."""
+    return any(
+        files_by_stem(folder, MASK_SUFFIXES)
+        for folder in object_dir.glob("test/*/gt")
+        if folder.parent.name != GOOD
+    )
+
+
 def list_samples(
     root: Path, object_name: str, split: str, skip_bad: bool = False, problems: list[str] | None = None
 ) -> list[Sample]:
@@ -97,8 +114,8 @@ def list_samples(
         defects = [GOOD] * (GOOD in defects) + [d for d in defects if d != GOOD]
     else:
         defects = [GOOD]
-    with_depth = has_depth(object_dir)
+    with_depth, with_masks = has_depth(object_dir), has_masks(object_dir)
     samples: list[Sample] = []
     for defect in defects:
-        samples += list_defect_samples(object_dir, split, defect, skip_bad, problems, with_depth)
+        samples += list_defect_samples(object_dir, split, defect, skip_bad, problems, with_depth, with_masks)
     return samples

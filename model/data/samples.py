@@ -38,6 +38,11 @@ class Sample:
         return self.defect != GOOD
 
     @property
+    def mask_known(self) -> bool:
+        """A normal item's mask is known to be empty; a defective one's only when it has a file."""
+        return not self.is_anomalous or self.gt_path is not None
+
+    @property
     def name(self) -> str:
         """Short id for messages and result files: object/split/defect/stem."""
         return f"{self.object}/{self.split}/{self.defect}/{self.rgb_path.stem}"
@@ -48,7 +53,7 @@ class LoadedSample:
     sample: Sample
     rgb: np.ndarray  # uint8 HxWx3
     depth: np.ndarray | None  # float32 HxW, NaN = invalid
-    gt: np.ndarray | None  # bool HxW; all False for good test items without a mask; None for train
+    gt: np.ndarray | None  # bool HxW; all False for good test items; None for train and unknown masks
 
 
 def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -99,15 +104,27 @@ def load_sample(sample: Sample, size: int | None = None) -> LoadedSample:
                 f"{sample.gt_path}: mask is {gt.shape[1]}x{gt.shape[0]} but the image "
                 f"is {rgb.shape[1]}x{rgb.shape[0]}"
             )
-    elif sample.split == "test":
-        if sample.is_anomalous:
-            raise InputError(f"{sample.rgb_path}: anomalous test item without a ground-truth mask")
+    elif sample.split == "test" and not sample.is_anomalous:
         gt = np.zeros(rgb.shape[:2], dtype=bool)
     if size is not None:
         rgb = resize_rgb(rgb, size)
         depth = None if depth is None else resize_depth(depth, size)
         gt = None if gt is None else resize_mask(gt, size)
     return LoadedSample(sample=sample, rgb=rgb, depth=depth, gt=gt)
+
+
+def pixel_truth(samples: Iterable[Sample], size: int) -> np.ndarray | None:
+    """(N, size, size) bool ground truth at network resolution, or None when any defective item has
+    no mask (an object with image labels only: its pixel metrics are not available, never 0)."""
+    samples = list(samples)
+    if not all(sample.mask_known for sample in samples):
+        return None
+    return np.stack(
+        [
+            resize_mask(read_mask(s.gt_path), size) if s.gt_path is not None else np.zeros((size, size), bool)
+            for s in samples
+        ]
+    )
 
 
 def report_problem(message: str, skip_bad: bool, problems: list[str] | None) -> None:

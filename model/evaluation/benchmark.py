@@ -20,8 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from model.data.datasets import list_objects, list_samples
-from model.data.decode import read_mask
-from model.data.samples import Sample, load_samples, resize_mask
+from model.data.samples import Sample, load_samples, pixel_truth
 from model.errors import InputError
 from model.evaluation.metrics import MetricError, aupro, forgetting_measure, image_auroc, pixel_auroc
 from model.evaluation.protocols import order_objects, protocol_steps
@@ -90,21 +89,12 @@ def _say(progress: bool, message: str) -> None:
         logger.info(message)
 
 
-def ground_truth(samples: list[Sample], size: int) -> np.ndarray:
-    """(N, size, size) bool masks at network resolution; good items without a mask are all normal."""
-    masks = [
-        resize_mask(read_mask(s.gt_path), size) if s.gt_path is not None else np.zeros((size, size), bool)
-        for s in samples
-    ]
-    return np.stack(masks)
-
-
 def score_object(
-    labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray, name: str
+    labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None, maps: np.ndarray, name: str
 ) -> dict[str, float | None]:
     """The three metrics as fractions; a metric that is undefined for this test set (e.g. no anomalous
-    image) is None and logged, never silently 0 or 100."""
-    if maps.shape != masks.shape:
+    image, or no masks: `masks` None) is None and logged, never silently 0 or 100."""
+    if masks is not None and maps.shape != masks.shape:
         raise InputError(f"{name}: method returned maps of shape {maps.shape}, expected {masks.shape}")
     result: dict[str, float | None] = {}
     for key, compute in (
@@ -112,6 +102,10 @@ def score_object(
         ("p_auroc", lambda: pixel_auroc(masks, maps)),
         ("aupro", lambda: aupro(masks, maps)),
     ):
+        if masks is None and key != "i_auroc":
+            logger.info("%s: %s not available: its defective test images have no masks", name, key)
+            result[key] = None
+            continue
         try:
             result[key] = compute()
         except MetricError as error:
@@ -127,7 +121,8 @@ def _checked(samples: list[Sample], skip_bad: bool, problems: list[str]) -> list
     return [item.sample for item in load_samples(samples, skip_bad=True, problems=problems)]
 
 
-def _mean(values: list[float | None]) -> float | None:
+def mean_of(values: list[float | None]) -> float | None:
+    """The mean of the values that exist (a metric not available for an object does not count)."""
     present = [v for v in values if v is not None]
     return round(float(np.mean(present)), 2) if present else None
 
@@ -157,7 +152,7 @@ def forgetting(
 
 
 def step_means(step: dict) -> dict[str, float | None]:
-    return {key: _mean([m[key] for m in step["eval"].values()]) for key in METRICS}
+    return {key: mean_of([m[key] for m in step["eval"].values()]) for key in METRICS}
 
 
 def results_markdown(results: dict, details: dict | None = None) -> str:
@@ -284,7 +279,7 @@ class BenchmarkData:
 
     train: dict[str, list[Sample]]
     test: dict[str, list[Sample]]
-    truths: dict[str, np.ndarray]  # per object: (N, S, S) ground-truth masks at network resolution
+    truths: dict[str, np.ndarray | None]  # per object: (N, S, S) masks at network resolution; None: no masks
     labels: dict[str, np.ndarray]  # per object: 1 = anomalous test sample
     problems: list[str]  # bad items skipped (with skip_bad)
 
@@ -301,7 +296,9 @@ def _benchmark_data(
         test[name] = _checked(list_samples(root, name, "test", skip_bad, problems), skip_bad, problems)
         if test_validation:
             test[name] += _checked(
-                list_samples(root, name, "validation", skip_bad, problems), skip_bad, problems
+                list_samples(root, name, "validation", skip_bad, problems, allow_empty=True),
+                skip_bad,
+                problems,
             )
         if not train[name] or not test[name]:
             raise InputError(f"{name}: no usable train or test samples left after skipping bad items")
@@ -310,7 +307,7 @@ def _benchmark_data(
     return BenchmarkData(
         train=train,
         test=test,
-        truths={name: ground_truth(test[name], image_size) for name in order},
+        truths={name: pixel_truth(test[name], image_size) for name in order},
         labels={name: np.array([s.is_anomalous for s in test[name]], dtype=int) for name in order},
         problems=problems,
     )

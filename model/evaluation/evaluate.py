@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from model.data.samples import Sample, load_sample, resize_mask
+from model.data.samples import Sample, load_sample, pixel_truth
 from model.evaluation.metrics import aupro, image_auroc, pixel_auroc
 from model.inference import InspectionInput, InspectionModel
 
@@ -23,30 +23,28 @@ def predict_samples(
     batch_size: int = 8,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """-> image scores (N,), maps (N, S, S), ground truth (N, S, S) bool at network resolution S."""
-    size = model.config.image_size
-    scores, maps, truths = [], [], []
+    """-> image scores (N,), maps (N, S, S), ground truth (N, S, S) bool at network resolution S
+    (None when a defective sample has no mask: image labels only)."""
+    scores, maps = [], []
     for start in range(0, len(samples), batch_size):
         loaded = [load_sample(sample) for sample in samples[start : start + batch_size]]
         predictions = model.predict([InspectionInput(item.rgb, item.depth, object_name) for item in loaded])
-        for item, prediction in zip(loaded, predictions, strict=True):
+        for prediction in predictions:
             scores.append(prediction.raw_score)
             maps.append(prediction.anomaly_map)
-            gt = item.gt if item.gt is not None else np.zeros(item.rgb.shape[:2], dtype=bool)
-            truths.append(resize_mask(gt, size))
         if on_batch is not None:
             on_batch(len(loaded))
-    return np.asarray(scores), np.stack(maps), np.stack(truths)
+    return np.asarray(scores), np.stack(maps), pixel_truth(samples, model.config.image_size)
 
 
 def metrics_for(
-    labels: np.ndarray, scores: np.ndarray, truths: np.ndarray, maps: np.ndarray
-) -> dict[str, float]:
-    """I-AUROC, P-AUROC, AUPRO in [0, 1] (AUPRO needs anomalous pixels; NaN-free by construction)."""
+    labels: np.ndarray, scores: np.ndarray, truths: np.ndarray | None, maps: np.ndarray
+) -> dict[str, float | None]:
+    """I-AUROC, P-AUROC, AUPRO in [0, 1]; the pixel metrics are None without masks (`truths` None)."""
     return {
         "i_auroc": image_auroc(labels, scores),
-        "p_auroc": pixel_auroc(truths, maps),
-        "aupro": aupro(truths, maps),
+        "p_auroc": pixel_auroc(truths, maps) if truths is not None else None,
+        "aupro": aupro(truths, maps) if truths is not None else None,
     }
 
 
