@@ -63,7 +63,7 @@ def run(size: int, train_images: int) -> str:
         before = rss_mb()
         model = InspectionModel.load(Path(folder) / "v10")
         items = parts(8, size, model.objects[0].name)
-        model.predict_prepared(prepare_inputs(items, size), [item.object for item in items])
+        model.predict_prepared(prepare_inputs(items, model.config), [item.object for item in items])
         after = rss_mb()
     bank = patchcore_bank_mb(size, train_images)
     lines = [

@@ -97,7 +97,7 @@ def time_batch(
 ) -> dict[str, float]:
     size = model.config.image_size
     items = parts(batch_size, size, model.objects[0].name)  # a trained --model has its own names
-    prepared = prepare_inputs(items, size)
+    prepared = prepare_inputs(items, model.config)
     objects = [item.object for item in items]
 
     def floor() -> None:

@@ -438,11 +438,11 @@ class OfflineModel:
     def measure(self, seconds: float) -> dict:
         from model.inference import prepare_inputs
 
-        size, nothing = self.model.config.image_size, [None] * self.batch
+        nothing = [None] * self.batch
         done, started, cpu_started = 0, time.perf_counter(), time.process_time()
         while done == 0 or time.perf_counter() - started < seconds:
             items = [self.decode() for _ in range(self.batch)]
-            self.model.predict_prepared(prepare_inputs(items, size), nothing)
+            self.model.predict_prepared(prepare_inputs(items, self.model.config), nothing)
             done += self.batch
         elapsed = time.perf_counter() - started
         return {

@@ -30,7 +30,7 @@ def training_step(config: ModelConfig, batch: int, fused: bool, classes: int = 2
     torch.manual_seed(0)
     net = IUMADNet(config, FEATURE_CHANNELS, FEATURE_CHANNELS, classes).train()
     optimiser = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    grid = config.grid_size
+    grid = config.map_grid_size
     rgb = torch.randn(batch, FEATURE_CHANNELS, grid, grid)
     depth = torch.randn(batch, FEATURE_CHANNELS, grid, grid)
     labels = torch.arange(batch) % classes

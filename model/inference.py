@@ -45,7 +45,9 @@ def shared_backbone(name: str, weights: Path | None = None, device: str = "cpu")
 def feature_extractor_for(
     config: ModelConfig, weights: Path | None = None, device: str = "cpu"
 ) -> MultiScaleFeatures:
-    return MultiScaleFeatures(shared_backbone(config.backbone, weights, device), config.feature_strides)
+    return MultiScaleFeatures(
+        shared_backbone(config.backbone, weights, device), config.feature_strides, config.map_stride
+    )
 
 
 ObjectSource = Literal["given", "predicted"]  # the client named the object, or the model chose it
@@ -77,7 +79,7 @@ class PreparedBatch:
     depth: torch.Tensor  # (B, 3, S, S) in [0, 1]; zeros where missing
     has_rgb: torch.Tensor  # (B,) bool
     has_depth: torch.Tensor  # (B,) bool
-    depth_valid: torch.Tensor  # (B, S/16, S/16): fraction of each token's pixels with a depth measurement
+    depth_valid: torch.Tensor  # (B, g, g) on the map's grid: each cell's share of measured depth pixels
 
     @classmethod
     def concat(cls, parts: Sequence[PreparedBatch]) -> PreparedBatch:
@@ -93,17 +95,16 @@ class PreparedBatch:
         return modality_weights(self.has_rgb, self.has_depth, self.depth_valid)
 
 
-def depth_validity(depth: np.ndarray, image_size: int) -> torch.Tensor:
-    """Fraction of valid depth pixels per token of the stride-16 grid (area average of the mask)."""
-    grid = image_size // 16
+def depth_validity(depth: np.ndarray, grid: int) -> torch.Tensor:
+    """Fraction of valid depth pixels per cell of the map's grid (area average of the mask)."""
     mask = torch.from_numpy(np.isfinite(depth).astype(np.float32))[None, None]
     return F.interpolate(mask, size=(grid, grid), mode="area")[0, 0]
 
 
-def prepare_inputs(items: Sequence[InspectionInput], image_size: int) -> PreparedBatch:
+def prepare_inputs(items: Sequence[InspectionInput], config: ModelConfig) -> PreparedBatch:
     """Decode-side work (pure numpy); runs in the gateway's thread pool, not the inference thread."""
     rgb, depth, has_depth, valid = [], [], [], []
-    grid = image_size // 16
+    image_size, grid = config.image_size, config.map_grid_size
     for index, item in enumerate(items):
         if item.rgb.ndim != 3 or item.rgb.shape[2] != 3:
             raise InputError(f"item {index}: rgb must be (H, W, 3), got shape {item.rgb.shape}")
@@ -116,7 +117,7 @@ def prepare_inputs(items: Sequence[InspectionInput], image_size: int) -> Prepare
         else:
             depth.append(torch.from_numpy(prepare_depth(item.depth, image_size)))
             has_depth.append(True)
-            valid.append(depth_validity(item.depth, image_size))
+            valid.append(depth_validity(item.depth, grid))
     return PreparedBatch(
         torch.stack(rgb),
         torch.stack(depth),
@@ -325,5 +326,5 @@ class InspectionModel:
         return records, sources, confidences, predicted
 
     def predict(self, items: Sequence[InspectionInput]) -> list[Prediction]:
-        batch = prepare_inputs(items, self.config.image_size)
+        batch = prepare_inputs(items, self.config)
         return self.predict_prepared(batch, [item.object for item in items])

@@ -386,7 +386,7 @@ class ModelRuntime:
         model = self.model
         if model is None:
             raise NotReadyError("no model is loaded", self.retry_after_s)
-        return prepare_inputs([item], model.config.image_size)
+        return prepare_inputs([item], model.config)
 
     def admit(self) -> Admission:
         """Reserve a place for one request before its body is read: `QueueFullError` (503) when the
@@ -529,10 +529,12 @@ class ModelRuntime:
 
     @staticmethod
     def _predict(model: InspectionModel, jobs: list[_Job]) -> list[Prediction]:
-        size = model.config.image_size
+        size, grid = model.config.image_size, model.config.map_grid_size
         parts = [
-            job.prepared if job.prepared.rgb.shape[-1] == size else prepare_inputs([job.item], size)
+            job.prepared
+            if (job.prepared.rgb.shape[-1], job.prepared.depth_valid.shape[-1]) == (size, grid)
+            else prepare_inputs([job.item], model.config)
             for job in jobs
-        ]  # re-prepare only after a swap to a model with another input size
+        ]  # re-prepare only after a swap to a model with another input size or map grid
         batch = PreparedBatch.concat(parts)
         return model.predict_prepared(batch, [job.item.object for job in jobs])

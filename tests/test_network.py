@@ -161,7 +161,7 @@ def test_depth_counts_only_where_the_sensor_measured_it():
     assert torch.all(no_modality == 0)
     depth = np.full((32, 32), 0.5, np.float32)
     depth[:16, :16] = np.nan
-    torch.testing.assert_close(depth_validity(depth, 32), torch.tensor([[0.0, 1.0], [1.0, 1.0]]))
+    torch.testing.assert_close(depth_validity(depth, 2), torch.tensor([[0.0, 1.0], [1.0, 1.0]]))
 
 
 def test_objects_are_predicted_by_the_nearest_prototype_in_units_of_its_spread():

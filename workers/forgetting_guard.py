@@ -157,7 +157,7 @@ def _scores(
         chunk = items[start : start + batch_size]
         objects = [item.object for item in chunk]
         if shared:
-            batch = prepare_inputs(chunk, models[0].config.image_size)
+            batch = prepare_inputs(chunk, models[0].config)
             rgb_features, depth_features = torch_graphs[0].extract(batch)
             for slot, (model, graph) in enumerate(zip(models, torch_graphs, strict=True)):
                 errors, probabilities = graph.errors(

@@ -311,7 +311,7 @@ class EnrolmentRun:
             name: extract_features(
                 [sample_source(p) for p in stored.holdout],
                 extractor,
-                plan.config.image_size,
+                plan.config,
                 should_cancel=self.should_cancel,
             )
             for name, stored in plan.old_enrolments.items()

@@ -53,10 +53,15 @@ def _make_patchcore(image_size: int = 224, **options) -> IncrementalMethod:
         "batch_size",
         "remove_plane",
         "seed",
+        "backbone",
     }
     unknown = sorted(set(options) - known)
     if unknown:
         raise InputError(f"method patchcore does not take option(s) {', '.join(unknown)}")
+    if "backbone" in options:  # a backbone name: the same frozen network ours is built on
+        from model.backbone import FrozenBackbone
+
+        options["backbone"] = FrozenBackbone(options["backbone"], strides=(8, 16))
     return PatchCore(image_size=image_size, **options)
 
 

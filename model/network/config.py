@@ -6,13 +6,19 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 FusionKind = Literal["cross_attention", "add", "concat"]
+TOKEN_STRIDE = 16  # one token of the reconstruction network per 16 x 16 input pixels
+MAP_STRIDES = (8, 16)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: str = "tf_efficientnet_lite0"
     image_size: int = 224
-    feature_strides: tuple[int, ...] = (4, 8, 16)  # aligned to the stride-16 grid and concatenated
+    feature_strides: tuple[int, ...] = (4, 8, 16)  # aligned to the map's grid and concatenated
+    # The anomaly map's grid: 16 = one error per token; 8 = each stride-16 token carries and
+    # reconstructs its 2 x 2 stride-8 cells (space to depth), so the map is 4x finer while the
+    # number of tokens, and with it the cost of every layer, stays that of the stride-16 grid.
+    map_stride: int = 16
     hidden_size: int = 128  # the paper uses 256; 4x the training cost on a CPU (docs/MODEL.md)
     num_layers: int = 2  # per modality branch; the paper's base uses 4+4, too slow to train on a CPU
     num_heads: int = 4
@@ -41,7 +47,17 @@ class ModelConfig:
 
     @property
     def grid_size(self) -> int:
-        return self.image_size // 16
+        """Tokens per side: the reconstruction network's grid (stride 16)."""
+        return self.image_size // TOKEN_STRIDE
+
+    @property
+    def map_grid_size(self) -> int:
+        """Cells per side of the error map (stride `map_stride`)."""
+        return self.image_size // self.map_stride
+
+    @property
+    def cells_per_token(self) -> int:
+        return (TOKEN_STRIDE // self.map_stride) ** 2
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -56,6 +72,10 @@ class ModelConfig:
             raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
         defaults = cls()
         values = {name: _checked(name, value, getattr(defaults, name)) for name, value in data.items()}
+        if values.get("map_stride", TOKEN_STRIDE) not in MAP_STRIDES:
+            raise ValueError(
+                f"map_stride must be one of {', '.join(map(str, MAP_STRIDES))}, not {values['map_stride']}"
+            )
         if values.get("fusion", "cross_attention") not in ("cross_attention", "add", "concat"):
             raise ValueError(f"fusion must be cross_attention, add or concat, not {values['fusion']!r}")
         return cls(**values)

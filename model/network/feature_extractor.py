@@ -1,4 +1,4 @@
-"""MFEN: frozen backbone features of RGB and depth, aligned to the stride-16 grid, one token per cell.
+"""MFEN: frozen backbone features of RGB and depth, aligned to one grid (the map's), one vector per cell.
 
 The backbone is frozen, so these features are cached for training; anomaly synthesis (feature jitter)
 happens on the cached tokens inside the network, in training only.
@@ -16,17 +16,21 @@ from model.backbone import FrozenBackbone
 
 
 class MultiScaleFeatures(nn.Module):
-    """(B, 3, H, W) images in [0, 1] -> (B, C, H/16, W/16): stages average-pooled to one grid, concatenated.
+    """(B, 3, H, W) images in [0, 1] -> (B, C, H/g, W/g) on the grid of stride g (16 or 8): finer
+    stages average-pooled to it, coarser ones repeated over it (nearest), all concatenated.
 
     H and W must be multiples of 16 (the configured image size always is).
     """
 
-    def __init__(self, backbone: FrozenBackbone, strides: Sequence[int] = (4, 8, 16)) -> None:
+    def __init__(
+        self, backbone: FrozenBackbone, strides: Sequence[int] = (4, 8, 16), grid_stride: int = 16
+    ) -> None:
         super().__init__()
         missing = [s for s in strides if s not in backbone.strides]
         if missing:
             raise ValueError(f"backbone does not provide strides {missing}")
         self.backbone = backbone
+        self.grid_stride = grid_stride
         self.indices = [backbone.strides.index(s) for s in strides]
         self.channels = sum(backbone.channels[i] for i in self.indices)
 
@@ -35,10 +39,13 @@ class MultiScaleFeatures(nn.Module):
         maps = self.backbone(images)
         aligned = []
         for index in self.indices:
-            # A fixed pooling factor (not adaptive pooling) keeps the graph static for ONNX export.
-            factor = 16 // self.backbone.strides[index]
-            feature = maps[index]
-            aligned.append(F.avg_pool2d(feature, factor) if factor > 1 else feature)
+            # Fixed factors (not adaptive pooling) keep the graph static for ONNX export.
+            stride, feature = self.backbone.strides[index], maps[index]
+            if stride < self.grid_stride:
+                feature = F.avg_pool2d(feature, self.grid_stride // stride)
+            elif stride > self.grid_stride:
+                feature = F.interpolate(feature, scale_factor=stride // self.grid_stride, mode="nearest")
+            aligned.append(feature)
         return torch.cat(aligned, dim=1)
 
 

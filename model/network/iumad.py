@@ -8,15 +8,17 @@ the anomaly map.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.network.config import ModelConfig
+from model.network.config import TOKEN_STRIDE, ModelConfig
 from model.network.feature_extractor import feature_jitter
 from model.network.fusion import FusionOutput, InformationBottleneckFusion
+from model.network.grid import cells_to_tokens, tokens_to_cells
 from model.network.reconstruction import ReconstructionBranch
 
 MODALITIES = ("rgb", "depth")
@@ -33,9 +35,9 @@ def _absent_everywhere(present: torch.Tensor) -> bool:
 class NetworkOutput:
     """One forward pass, per modality ("rgb", "depth"): what the losses and the error maps read."""
 
-    original: dict[str, torch.Tensor]  # standardised backbone tokens (B, H, W, C)
+    original: dict[str, torch.Tensor]  # standardised backbone features per cell of the map (B, h, w, C)
     present: dict[str, torch.Tensor]  # 1 where the sample has the modality, (B, 1, 1, 1)
-    branch_reconstruction: dict[str, torch.Tensor]  # each branch's own reconstruction of `original`
+    branch_reconstruction: dict[str, torch.Tensor]  # each branch's own reconstruction of `original`, per cell
     layer_logits: dict[str, list[torch.Tensor]]  # label-classifier logits of every decoder layer
     reconstruction: dict[str, torch.Tensor]  # what the error maps compare: the fusion's where it has one
     fusion: FusionOutput | None = None  # None without IBFM
@@ -48,10 +50,14 @@ class IUMADNet(nn.Module):
             raise ValueError("a model needs at least one object")
         self.config = config
         dim = config.hidden_size
+        # `*_channels` are the backbone's channels per cell of the map's grid; a token carries
+        # `cells_per_token` cells (one at map stride 16, a 2 x 2 block at map stride 8).
+        self.cell_factor = TOKEN_STRIDE // config.map_stride
+        rgb_token, depth_token = (c * config.cells_per_token for c in (rgb_channels, depth_channels))
         self.branches = nn.ModuleDict(
             {
-                "rgb": ReconstructionBranch(config, rgb_channels, num_classes),
-                "depth": ReconstructionBranch(config, depth_channels, num_classes),
+                "rgb": ReconstructionBranch(config, rgb_token, num_classes),
+                "depth": ReconstructionBranch(config, depth_token, num_classes),
             }
         )
         # What the fusion module sees for a missing modality (only the fusion reads the hidden states).
@@ -61,7 +67,7 @@ class IUMADNet(nn.Module):
             else None
         )
         self.fusion = (
-            InformationBottleneckFusion(config, rgb_channels, depth_channels, num_classes)
+            InformationBottleneckFusion(config, rgb_token, depth_token, num_classes)
             if config.use_ibfm
             else None
         )
@@ -141,9 +147,9 @@ class IUMADNet(nn.Module):
             getattr(self, f"{name}_std").copy_(flat.std(dim=1).clamp_min(1e-4))
 
     def standardise(self, modality: str, features: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) backbone features -> (B, H, W, C) standardised tokens."""
-        tokens = features.permute(0, 2, 3, 1)
-        return (tokens - getattr(self, f"{modality}_mean")) / getattr(self, f"{modality}_std")
+        """(B, C, h, w) backbone features -> (B, h, w, C) standardised cells (per channel)."""
+        cells = features.permute(0, 2, 3, 1)
+        return (cells - getattr(self, f"{modality}_mean")) / getattr(self, f"{modality}_std")
 
     def forward(
         self,
@@ -162,16 +168,17 @@ class IUMADNet(nn.Module):
         original = {"rgb": self.standardise("rgb", rgb), "depth": self.standardise("depth", depth)}
         hidden, branch_reconstruction, layer_logits = {}, {}, {}
         for modality in MODALITIES:
-            tokens = original[modality]
+            cells = original[modality]
             if jitter:
-                tokens = feature_jitter(tokens, self.config.jitter_scale, self.config.jitter_probability)
-            tokens = tokens * present[modality]
+                cells = feature_jitter(cells, self.config.jitter_scale, self.config.jitter_probability)
+            tokens = cells_to_tokens(cells * present[modality], self.cell_factor)
             if _absent_everywhere(present[modality]):  # e.g. a batch of RGB-only parts: skip the branch
                 batch, height, width, _ = tokens.shape
                 state = tokens.new_zeros(batch, height, width, self.config.hidden_size)
-                reconstruction, logits = torch.zeros_like(tokens), []
+                reconstruction, logits = torch.zeros_like(cells), []
             else:
-                state, reconstruction, logits = self.branches[modality](tokens, objects)
+                state, reconstructed, logits = self.branches[modality](tokens, objects)
+                reconstruction = tokens_to_cells(reconstructed, self.cell_factor)
             if self.missing is not None:
                 mask = present[modality]
                 hidden[modality] = state * mask + self.missing[modality] * (1 - mask)
@@ -181,6 +188,11 @@ class IUMADNet(nn.Module):
         reconstruction = dict(branch_reconstruction)
         fused = self.fusion(hidden["rgb"], hidden["depth"]) if self.fusion is not None else None
         if fused is not None:
+            fused = dataclasses.replace(
+                fused,
+                rgb=tokens_to_cells(fused.rgb, self.cell_factor),
+                depth=None if fused.depth is None else tokens_to_cells(fused.depth, self.cell_factor),
+            )
             reconstruction["rgb"] = fused.rgb
             if fused.depth is not None:
                 reconstruction["depth"] = fused.depth
@@ -218,7 +230,8 @@ class IUMADNet(nn.Module):
         has_depth: torch.Tensor,
         objects: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inference: per-token squared reconstruction error per modality (B, 2, H, W), object probs (B, K).
+        """Inference: per-cell squared reconstruction error per modality (B, 2, h, w) on the map's
+        grid, object probabilities (B, K).
 
         `objects` (B,) label indices say whose adapters reconstruct each sample; None, or -1 for a
         sample, takes the predicted object (the nearest prototype). A missing modality's error map is

@@ -109,7 +109,7 @@ class TrainingResult:
 def extract_features(
     sources: Sequence[SampleSource],
     extractor: MultiScaleFeatures,
-    image_size: int,
+    config: ModelConfig,
     batch_size: int = 8,
     on_batch: Callable[[int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
@@ -122,7 +122,7 @@ def extract_features(
         for source in sources[start : start + batch_size]:
             rgb, depth = source()
             items.append(InspectionInput(rgb=rgb, depth=depth))
-        batch = prepare_inputs(items, image_size)
+        batch = prepare_inputs(items, config)
         with torch.inference_mode():
             rgb_features = extractor(batch.rgb)
             depth_features = (
@@ -473,7 +473,7 @@ def _step_features(
 
     def extract(sources: Sequence[SampleSource]) -> FeatureSet:
         return extract_features(
-            sources, extractor, config.image_size, options.feature_batch_size, on_batch, should_cancel
+            sources, extractor, config, options.feature_batch_size, on_batch, should_cancel
         )
 
     features = StepFeatures(train={}, holdout={})
