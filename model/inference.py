@@ -46,7 +46,10 @@ def feature_extractor_for(
     config: ModelConfig, weights: Path | None = None, device: str = "cpu"
 ) -> MultiScaleFeatures:
     return MultiScaleFeatures(
-        shared_backbone(config.backbone, weights, device), config.feature_strides, config.map_stride
+        shared_backbone(config.backbone, weights, device),
+        config.feature_strides,
+        config.map_stride,
+        config.feature_aggregation,
     )
 
 

@@ -97,3 +97,35 @@ def test_the_onnx_graph_of_a_stride_8_map_matches_pytorch(tmp_path):
 def test_a_map_stride_other_than_8_or_16_is_refused_naming_the_field():
     with pytest.raises(Exception, match="map_stride must be one of 8, 16, not 4"):
         preset_config("cpu", map_stride=4)
+
+
+class _Stages(torch.nn.Module):
+    """A stand-in backbone whose stage maps are given: stride 8 (2 channels) and 16 (1 channel)."""
+
+    strides, channels = (8, 16), (2, 1)
+
+    def __init__(self, maps: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.maps = maps
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.maps
+
+
+def test_neighbourhood_aggregation_averages_each_stage_over_its_3x3_surroundings():
+    maps = [torch.zeros(1, 2, 4, 4), torch.zeros(1, 1, 2, 2)]
+    maps[0][0, :, 1, 1] = 9.0  # one stride-8 cell lit
+    features = MultiScaleFeatures(_Stages(maps), (8, 16), grid_stride=8, aggregation=3)(
+        torch.zeros(1, 3, 32, 32)
+    )
+    assert features.shape == (1, 3, 4, 4)
+    around = features[0, 0]
+    assert float(around[0, 0]) == pytest.approx(9.0 / 4)  # a corner averages its 4 in-image cells
+    assert float(around[1, 2]) == pytest.approx(1.0) and float(around[3, 3]) == 0.0
+    plain = MultiScaleFeatures(_Stages(maps), (8, 16), grid_stride=8)(torch.zeros(1, 3, 32, 32))
+    assert float(plain[0, 0, 1, 1]) == 9.0 and float(plain[0, 0, 0, 0]) == 0.0
+
+
+def test_an_even_aggregation_kernel_is_refused_naming_the_field():
+    with pytest.raises(Exception, match="feature_aggregation must be an odd kernel size, not 2"):
+        preset_config("cpu", feature_aggregation=2)

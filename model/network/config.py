@@ -19,6 +19,9 @@ class ModelConfig:
     # reconstructs its 2 x 2 stride-8 cells (space to depth), so the map is 4x finer while the
     # number of tokens, and with it the cost of every layer, stays that of the stride-16 grid.
     map_stride: int = 16
+    # Local neighbourhood aggregation of every backbone stage before alignment (PatchCore's 3 x 3
+    # average, stride 1): each cell then describes its surroundings, not only itself. 1 = none.
+    feature_aggregation: int = 1
     hidden_size: int = 128  # the paper uses 256; 4x the training cost on a CPU (docs/MODEL.md)
     num_layers: int = 2  # per modality branch; the paper's base uses 4+4, too slow to train on a CPU
     num_heads: int = 4
@@ -75,6 +78,10 @@ class ModelConfig:
         if values.get("map_stride", TOKEN_STRIDE) not in MAP_STRIDES:
             raise ValueError(
                 f"map_stride must be one of {', '.join(map(str, MAP_STRIDES))}, not {values['map_stride']}"
+            )
+        if values.get("feature_aggregation", 1) % 2 == 0:
+            raise ValueError(
+                f"feature_aggregation must be an odd kernel size, not {values['feature_aggregation']}"
             )
         if values.get("fusion", "cross_attention") not in ("cross_attention", "add", "concat"):
             raise ValueError(f"fusion must be cross_attention, add or concat, not {values['fusion']!r}")

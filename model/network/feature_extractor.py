@@ -16,14 +16,19 @@ from model.backbone import FrozenBackbone
 
 
 class MultiScaleFeatures(nn.Module):
-    """(B, 3, H, W) images in [0, 1] -> (B, C, H/g, W/g) on the grid of stride g (16 or 8): finer
-    stages average-pooled to it, coarser ones repeated over it (nearest), all concatenated.
+    """(B, 3, H, W) images in [0, 1] -> (B, C, H/g, W/g) on the grid of stride g (16 or 8): each
+    stage optionally averaged over its `aggregation` x `aggregation` neighbourhood, finer stages
+    average-pooled to the grid, coarser ones repeated over it (nearest), all concatenated.
 
     H and W must be multiples of 16 (the configured image size always is).
     """
 
     def __init__(
-        self, backbone: FrozenBackbone, strides: Sequence[int] = (4, 8, 16), grid_stride: int = 16
+        self,
+        backbone: FrozenBackbone,
+        strides: Sequence[int] = (4, 8, 16),
+        grid_stride: int = 16,
+        aggregation: int = 1,
     ) -> None:
         super().__init__()
         missing = [s for s in strides if s not in backbone.strides]
@@ -31,6 +36,7 @@ class MultiScaleFeatures(nn.Module):
             raise ValueError(f"backbone does not provide strides {missing}")
         self.backbone = backbone
         self.grid_stride = grid_stride
+        self.aggregation = aggregation
         self.indices = [backbone.strides.index(s) for s in strides]
         self.channels = sum(backbone.channels[i] for i in self.indices)
 
@@ -41,6 +47,14 @@ class MultiScaleFeatures(nn.Module):
         for index in self.indices:
             # Fixed factors (not adaptive pooling) keep the graph static for ONNX export.
             stride, feature = self.backbone.strides[index], maps[index]
+            if self.aggregation > 1:
+                feature = F.avg_pool2d(
+                    feature,
+                    self.aggregation,
+                    stride=1,
+                    padding=self.aggregation // 2,
+                    count_include_pad=False,
+                )
             if stride < self.grid_stride:
                 feature = F.avg_pool2d(feature, self.grid_stride // stride)
             elif stride > self.grid_stride:
