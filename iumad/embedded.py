@@ -25,6 +25,7 @@ from pathlib import Path
 
 from redis.exceptions import RedisError
 
+from iumad.lifetime import dying_with_parent
 from iumad.settings import redacted_url
 from model.errors import IumadError
 from store.connection import connect_redis, wait_for_redis
@@ -172,7 +173,7 @@ class RedisServerProcess:
             command += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         with self.output_file.open("wb") as output:
             self.process = subprocess.Popen(
-                command,
+                dying_with_parent(command),
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,

@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     job_heartbeat_timeout_s: float = Field(
         30.0, description="A running job whose worker has not reported for this long is marked failed."
     )
+    failed_samples_keep_hours: float = Field(
+        24.0,
+        ge=0,
+        description="How long a failed job's stored samples are kept, so that POST /jobs/{id}/retry can "
+        "train again without a second upload; the worker removes them after that.",
+    )
     cancel_grace_s: float = Field(
         10.0, description="Seconds a running job gets to stop cooperatively before it is killed."
     )

@@ -13,16 +13,16 @@ from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
 from iumad.settings import Settings
-from model.errors import ConflictError
+from model.errors import ConflictError, InputError
 from service.lineage import redis_or_503, require_lineage
 from service.schemas import EnrolOptions
 from service.state import AppState
 from service.uploads import ReceivedForm
 from store.ingest import IngestLimits, UploadedSamples, ingest_upload
 from store.job_store import JobRecord, JobStore
-from store.queue import submit_enrolment
+from store.queue import job_record, new_job_id, submit_enrolment
 from store.registry import ModelRegistry
-from store.samples import StoredEnrolment
+from store.samples import StoredEnrolment, move_enrolment
 
 
 async def accept_enrolment(
@@ -103,6 +103,55 @@ async def _ingest_and_submit(
         await run_in_threadpool(shutil.rmtree, stored.directory, True)
         raise
     return record, stored
+
+
+async def retry_enrolment(state: AppState, job_id: str) -> JobRecord:
+    """Queue a new job on the samples a failed job left (no second upload): reserve the object,
+    check for conflicts as an upload would, hand the samples to the new job, queue it."""
+    registry, jobs = require_lineage(state)
+    with redis_or_503("retry the job"):
+        failed = await run_in_threadpool(job_record, jobs, job_id)
+    if failed.status != "failed":
+        raise ConflictError(f"job {job_id} is {failed.status}; only a failed job can be retried")
+    new_id = new_job_id()
+    with redis_or_503("retry the job"):
+        await run_in_threadpool(reserve_object, jobs, failed.object, new_id)
+    try:
+        return await _resubmit(state, registry, jobs, failed, new_id)
+    except BaseException:
+        with contextlib.suppress(RedisError):
+            await run_in_threadpool(jobs.release, failed.object, new_id)
+        raise
+
+
+async def _resubmit(
+    state: AppState, registry: ModelRegistry, jobs: JobStore, failed: JobRecord, new_id: str
+) -> JobRecord:
+    settings = state.settings
+    request = EnrolOptions(object=failed.object, replace=failed.replace)
+    with redis_or_503("retry the job"):
+        await run_in_threadpool(check_conflicts, registry, jobs, request)
+    try:
+        stored = await run_in_threadpool(
+            move_enrolment, settings.samples_dir, failed.object, failed.id, new_id
+        )
+    except (FileNotFoundError, InputError):
+        raise ConflictError(
+            f"the samples of job {failed.id} are no longer stored (kept "
+            f"{settings.failed_samples_keep_hours:g} h after a failure, or already retried); "
+            "upload them again with POST /enroll-object"
+        ) from None
+    options = {**failed.options, "retry_of": failed.id}
+    try:
+        with redis_or_503("retry the job"):
+            record = await run_in_threadpool(
+                submit_enrolment, registry.redis, settings, stored, failed.replace, options
+            )
+            await run_in_threadpool(jobs.keep_reservation, failed.object, new_id)
+    except BaseException:  # give the samples back to the failed job, so a later retry still works
+        await run_in_threadpool(move_enrolment, settings.samples_dir, failed.object, new_id, failed.id)
+        raise
+    return record
 
 
 def uploaded_samples(

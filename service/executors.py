@@ -19,6 +19,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
+from iumad.lifetime import die_with_parent
 from service.errors import ServiceUnavailableError
 
 T = TypeVar("T")
@@ -32,14 +33,16 @@ async def in_pool(pool: Executor, function: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(pool, context.run, function, *args)
 
 
-def _lower_priority() -> None:
+def _start_background_process() -> None:
+    """Lowest priority, and gone with the gateway (a SIGKILLed gateway would leave it waiting)."""
+    die_with_parent()
     os.nice(BACKGROUND_NICENESS)
 
 
 def _spawned_processes(workers: int) -> ProcessPoolExecutor:
     """Spawned, not forked: the gateway runs threads (torch, the batcher) a fork would copy mid-step."""
     return ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_background_process
     )
 
 

@@ -230,6 +230,25 @@ def discard_enrolment(samples_dir: Path, object_name: str, enrolment_id: str) ->
         folder.rmdir()
 
 
+def move_enrolment(samples_dir: Path, object_name: str, enrolment_id: str, new_id: str) -> StoredEnrolment:
+    """Give a stored enrolment to another job (a retry): one rename of its folder, and its record
+    rewritten to name the new id (a job and its samples share a name). Raises InputError when the
+    samples are no longer stored."""
+    check_object_name(object_name)
+    if not (is_job_id(enrolment_id) and is_job_id(new_id)):
+        raise EnrolmentInputError("not an enrolment id")
+    old = Path(samples_dir) / object_name / enrolment_id
+    new = old.parent / new_id
+    old.rename(new)  # FileNotFoundError when the samples are gone
+    path = new / ENROLMENT_FILE
+    record = json.loads(path.read_text())
+    record["enrolment_id"] = new_id
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(record, indent=1))
+    temporary.replace(path)
+    return load_enrolment(new)
+
+
 def sample_source(pair: SamplePair) -> Callable[[], tuple[np.ndarray, np.ndarray | None]]:
     """A stored pair as a lazy training source (files are read only when needed). The dataset
     loader is imported here, not at the top: it needs torch, which the gateway's ingest processes
@@ -253,17 +272,25 @@ def referenced_enrolments(models_dir: Path) -> set[str]:
     return referenced
 
 
-def remove_unused_enrolments(samples_dir: Path, models_dir: Path, jobs: JobStore) -> list[Path]:
-    """Delete stored samples that no version uses and whose job ended without one (failed, canceled:
-    a job killed mid-way cannot clean up after itself). Samples of open or succeeded jobs stay."""
+def remove_unused_enrolments(
+    samples_dir: Path, models_dir: Path, jobs: JobStore, keep_failed_s: float = 0.0
+) -> list[Path]:
+    """Delete stored samples that no version uses and whose job ended without one: canceled at
+    once, failed once they have been kept `keep_failed_s` for a retry (`POST /jobs/{id}/retry`; a
+    job killed mid-way cannot clean up after itself). Samples of open or succeeded jobs stay."""
     referenced = referenced_enrolments(models_dir)
     removed = []
+    now = time.time()
     for folder in samples_dir.glob("*/*") if samples_dir.is_dir() else []:
         name = f"{folder.parent.name}/{folder.name}"
         if not folder.is_dir() or folder.name.startswith(".") or name in referenced:
             continue
         record = jobs.get(folder.name, reconcile=False)
-        if record is not None and record.status in ("failed", "canceled"):
+        if record is None:
+            continue
+        ended = record.finished_at if record.finished_at is not None else record.created_at
+        expired = record.status == "failed" and now - ended >= keep_failed_s
+        if record.status == "canceled" or expired:
             discard_enrolment(samples_dir, folder.parent.name, folder.name)
             removed.append(folder)
     return removed

@@ -226,7 +226,9 @@ def test_cancel_a_running_job(stack: Stack, synthetic: Path) -> None:
     assert httpx.post(f"{stack.url}/jobs/{job_id}/cancel").status_code == 409
 
 
-def test_worker_killed_mid_training(stack: Stack, synthetic: Path) -> None:
+def test_worker_killed_mid_training_then_retried_without_a_second_upload(
+    stack: Stack, synthetic: Path
+) -> None:
     worker = stack.workers[-1]
     assert worker.poll() is None
     before = stack.serving()
@@ -240,6 +242,13 @@ def test_worker_killed_mid_training(stack: Stack, synthetic: Path) -> None:
     assert "training" in job["message"] and "active model is unchanged" in job["message"]
     assert stack.serving() == before
     assert sorted(p.name for p in (stack.base / "data" / "models").iterdir()) == versions_before
+
+    stack.start_worker()
+    retry = httpx.post(f"{stack.url}/jobs/{job_id}/retry", timeout=30)
+    assert retry.status_code == 202, retry.text
+    retried, _ = stack.watch(retry.json()["job_id"])
+    assert retried["status"] == "succeeded" and retried["options"]["retry_of"] == job_id, retried
+    wait_until(lambda: stack.serving() == retried["version"], 30, 0.2, "the retried version serving")
 
 
 def test_demo_against_an_embedded_service(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import tarfile
 import zipfile
 from collections.abc import Iterator
@@ -289,6 +290,53 @@ def test_accepted_enrolment_is_stored_and_queued(
     assert client.get("/jobs/nope").status_code == 404
 
 
+def test_a_failed_job_is_retried_on_its_stored_samples_without_a_second_upload(
+    client: TestClient, settings: Settings, redis: Redis, synthetic_root: Path
+) -> None:
+    archive = {"archive": ("disc.zip", mvtec_zip(synthetic_root, "disc"))}
+    first = client.post("/enroll-object", data={"object": "disc", "max_minutes": "2"}, files=archive).json()
+    queue = Queue(settings.queue_name, connection=redis)
+    queue.empty()
+    jobs = JobStore(redis, settings.redis_key_prefix)
+    assert client.post(f"/jobs/{first['job_id']}/retry").status_code == 409  # queued, not failed
+    jobs.finish(first["job_id"], "failed", "training process killed")  # what a killed job becomes
+
+    retry = client.post(f"/jobs/{first['job_id']}/retry")
+    assert retry.status_code == 202, retry.text
+    body = retry.json()
+    assert body["status"] == "queued" and body["job_id"] != first["job_id"]
+    assert retry.headers["location"].endswith(f"/jobs/{body['job_id']}")
+    assert body["options"]["retry_of"] == first["job_id"] and body["options"]["max_minutes"] == 2.0
+    assert body["enrolment"]["train_samples"] == first["enrolment"]["train_samples"]
+    assert queue.job_ids == [body["job_id"]]
+    moved = settings.samples_dir / "disc" / body["job_id"]
+    assert (moved / "enrolment.json").is_file() and not (
+        settings.samples_dir / "disc" / first["job_id"]
+    ).exists()
+    assert json.loads((moved / "enrolment.json").read_text())["enrolment_id"] == body["job_id"]
+
+    reserved = client.post("/enroll-object", data={"object": "disc"}, files=archive)
+    assert reserved.status_code == 409  # the retry holds its object like an upload does
+    assert client.post(f"/jobs/{body['job_id']}/cancel").json()["status"] == "canceled"
+    again = client.post(f"/jobs/{first['job_id']}/retry")  # its samples went to the retry, now canceled
+    assert again.status_code == 409 and "no longer stored" in again.json()["error"]["message"]
+    assert client.post("/jobs/0123456789abcdef0123456789abcdef/retry").status_code == 404
+
+
+def test_a_retry_waits_for_the_objects_open_job_and_needs_an_operator(
+    client: TestClient, settings: Settings, redis: Redis, synthetic_root: Path
+) -> None:
+    archive = {"archive": ("disc.zip", mvtec_zip(synthetic_root, "disc"))}
+    failed = client.post("/enroll-object", data={"object": "disc"}, files=archive).json()["job_id"]
+    JobStore(redis, settings.redis_key_prefix).finish(failed, "failed", "out of memory")
+    open_job = client.post("/enroll-object", data={"object": "disc"}, files=archive).json()["job_id"]
+    refused = client.post(f"/jobs/{failed}/retry")
+    assert refused.status_code == 409 and open_job in refused.json()["error"]["message"]
+    assert (settings.samples_dir / "disc" / failed).is_dir(), "a refused retry keeps the samples"
+    camera = client.post(f"/jobs/{failed}/retry", headers={"X-API-Key": CAMERA})
+    assert camera.status_code == 403
+
+
 def test_flat_files_upload(client: TestClient, settings: Settings) -> None:
     files = [("files", (name, data)) for name, data in _pairs(6).items()]
     response = client.post("/enroll-object", data={"object": "flat"}, files=files)
@@ -413,8 +461,11 @@ def test_samples_of_jobs_that_ended_without_a_version_are_removed(redis: Redis, 
             redis.hset(jobs.key(job_id), "status", status)
     unknown = settings.samples_dir / "disc" / "no-record"
     unknown.mkdir()
-    removed = remove_unused_enrolments(settings.samples_dir, settings.models_dir, jobs)
-    assert sorted(path.name for path in removed) == ["crashed", "killed"]
+    kept_for_retry = remove_unused_enrolments(settings.samples_dir, settings.models_dir, jobs, 3600.0)
+    assert [path.name for path in kept_for_retry] == ["killed"], "a failed job's samples wait for a retry"
+    redis.hset(jobs.key("crashed"), "finished_at", 0.0)  # ... until they have been kept long enough
+    removed = remove_unused_enrolments(settings.samples_dir, settings.models_dir, jobs, 3600.0)
+    assert [path.name for path in removed] == ["crashed"]
     assert folders["kept"].exists() and folders["open"].exists() and unknown.exists()
 
 

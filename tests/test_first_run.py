@@ -162,3 +162,59 @@ def test_the_readme_first_command_serves_on_a_clean_copy_of_the_repository(tmp_p
         assert (clone / "iumad-data" / "redis" / "appendonly.aof").exists()
     finally:
         _stop_group(process)
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid` now (children of children too), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_a_killed_gateway_takes_its_embedded_redis_worker_and_ingest_processes_with_it(
+    tmp_path: Path, synthetic_root: Path
+) -> None:
+    """SIGKILL (the OOM killer) runs no cleanup: every child must go by itself."""
+    from service_processes import mvtec_zip
+
+    port = free_port()
+    env = _clean_env(IUMAD_DATA_DIR=str(tmp_path / "data"))
+    process = _start(
+        [sys.executable, "-m", "iumad.cli", "serve", "--port", str(port)], tmp_path, env, tmp_path / "log"
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: process.poll() is not None or _answers(url + "/healthz"), 180, 0.3, "the gateway")
+        upload = httpx.post(
+            url + "/enroll-object",
+            data={"object": "disc"},
+            files={"archive": ("disc.zip", mvtec_zip(synthetic_root, "disc"))},
+            timeout=60,
+        )  # starts an ingest process, and a job in the worker
+        assert upload.status_code == 202, upload.text
+        children = _descendants(process.pid)
+        assert len(children) >= 3, children  # Redis, the worker, an ingest process (and more)
+        process.kill()
+        process.wait()
+        wait_until(lambda: not any(_running(pid) for pid in children), 30, 0.3, "the children to exit")
+    finally:
+        if process.poll() is None:
+            _stop_group(process)

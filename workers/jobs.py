@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any
 from redis import Redis
 from redis.exceptions import RedisError as RedisClientError
 
+from iumad.lifetime import die_with_parent
 from iumad.settings import Settings, get_settings
 from model.errors import ConflictError, InputError, IumadError
 from store.job_store import JobStore
 from store.lineage_lock import LINEAGE_LOCK_TTL_S, LineageLock, lineage_lock_key
 from store.registry import ActiveVersion, ModelRegistry, StaleActivationError
 from store.samples import StoredEnrolment, discard_enrolment, load_enrolment, sample_source
-from workers.rq_worker import die_with_parent
 
 if TYPE_CHECKING:
     from model.checkpoint import Manifest
@@ -203,9 +203,10 @@ class EnrolmentRun:
         log.info("job %s (%s): %s: %s", self.job_id, self.object, status, message)
         if status == "succeeded":
             fields["progress"] = 1.0
-        # No version uses a failed or canceled job's samples: free the disk before the final state is
-        # written, so that a client who sees the state sees the cleanup done.
-        if status in ("failed", "canceled"):
+        # No version uses a canceled job's samples: free the disk before the final state is written,
+        # so that a client who sees the state sees the cleanup done. A failed job's samples stay for a
+        # retry (POST /jobs/{id}/retry); the worker removes them after IUMAD_FAILED_SAMPLES_KEEP_HOURS.
+        if status == "canceled":
             object_name, _, enrolment_id = str(self.spec["enrolment"]).partition("/")
             discard_enrolment(self.settings.samples_dir, object_name, enrolment_id)
         self.store.finish(self.job_id, status, message, stage=status, timings=self.timings, **fields)

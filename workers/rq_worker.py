@@ -8,7 +8,6 @@ its loop on some Redis errors (a restart between two commands): the loop is star
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -29,8 +28,6 @@ from store.registry import remove_stale_staging
 from store.samples import remove_unused_enrolments
 
 log = logging.getLogger("iumad.worker")
-
-PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class EnrolmentWorker(Worker):
@@ -92,22 +89,12 @@ def _remove_leftovers(connection: Redis, settings: Settings) -> None:
     for path in remove_stale_staging(settings.models_dir):
         log.info("removed the partial version %s left by a killed job", path)
     jobs = JobStore(connection, settings.redis_key_prefix, settings.job_heartbeat_timeout_s)
-    for path in remove_unused_enrolments(settings.samples_dir, settings.models_dir, jobs):
+    keep_failed_s = 3600 * settings.failed_samples_keep_hours
+    for path in remove_unused_enrolments(settings.samples_dir, settings.models_dir, jobs, keep_failed_s):
         log.info("removed the samples %s of a job that ended without a version", path)
 
 
 # --- no process outlives its parent: the worker its gateway (embedded mode), a work horse its worker
-
-
-def die_with_parent() -> None:
-    """Make the kernel kill this work horse when its worker dies (rq puts the horse in its own group)."""
-    parent = os.getppid()
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the heartbeat still exposes the orphan
-        return
-    if os.getppid() != parent:
-        os._exit(1)
 
 
 def _exit_with_parent(parent_pid: int) -> None:

@@ -1,14 +1,16 @@
-"""Enrolment jobs: `GET /jobs`, `GET /jobs/{id}`, `POST /jobs/{id}/cancel` (operator; how a cancel
-proceeds: store/queue.py)."""
+"""Enrolment jobs: `GET /jobs`, `GET /jobs/{id}`, `POST /jobs/{id}/retry` and `POST /jobs/{id}/cancel`
+(operator; how a cancel proceeds: store/queue.py, a retry: service/enrolment.py)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import JSONResponse
 
 from iumad.names import JOB_ID_ANCHORED
 from service.auth import require_inspect, require_operator
+from service.enrolment import retry_enrolment
 from service.lineage import redis_or_503, require_lineage
 from service.schemas import Job, JobList
 from service.state import AppState, get_state
@@ -55,6 +57,34 @@ def get_job(
         version_active=record.version is not None and active is not None and active.version == record.version,
         version_serving=record.version is not None and state.runtime.version == record.version,
     )
+
+
+@router.post(
+    "/{job_id}/retry",
+    status_code=202,
+    response_model=Job,
+    summary="Train a failed job's object again on its stored samples, without a second upload (operator)",
+    responses={
+        404: {"description": "Unknown job."},
+        409: {
+            "description": "The job did not fail, its object has a job in progress or is enrolled "
+            "meanwhile, or its samples are no longer stored."
+        },
+        503: {"description": "Redis (queue, registry) is unreachable."},
+    },
+)
+async def retry_job(
+    job_id: JobId,
+    request: Request,
+    state: Annotated[AppState, Depends(get_state)],
+    _role: Annotated[str, Depends(require_operator)],
+) -> JSONResponse:
+    """A new job (its own id, `options.retry_of` naming this one) is queued on the samples the
+    failed job stored; they are kept `IUMAD_FAILED_SAMPLES_KEEP_HOURS` after a failure."""
+    record = await retry_enrolment(state, job_id)
+    status_url = str(request.url_for("get_job", job_id=record.id))
+    body = Job(**record.to_dict())
+    return JSONResponse(body.model_dump(), status_code=202, headers={"Location": status_url})
 
 
 @router.post(
