@@ -51,14 +51,14 @@ def run_worker(
 ) -> int:
     """Work the queue until told to stop (or, with `burst`, until it is empty)."""
     _refuse_cuda_parent()
+    if parent_pid:  # first: a gateway gone while we wait for its Redis must not leave us waiting
+        threading.Thread(
+            target=_exit_with_parent, args=(parent_pid,), name="parent-watch", daemon=True
+        ).start()
     connection = connect_redis(url, settings.redis_password_value, blocking=True)
     wait_for_redis(connection)
     queue = Queue(queue_name, connection=connection, serializer=JOB_SERIALIZER)
     _remove_leftovers(connection, settings)
-    if parent_pid:
-        threading.Thread(
-            target=_exit_with_parent, args=(parent_pid,), name="parent-watch", daemon=True
-        ).start()
     level = logging.getLevelName(logging.getLogger().level)
     while True:
         worker = EnrolmentWorker([queue], connection=connection, name=name, serializer=JOB_SERIALIZER)
