@@ -93,6 +93,9 @@ class Settings(BaseSettings):
 
     job_timeout_s: int = 3 * 3600
     enroll_max_minutes: float = 5.0
+    enroll_max_minutes_limit: float = Field(
+        60.0, gt=0, description="The longest budget (max_minutes) an enrolment may ask for on this server."
+    )
     forgetting_margin: float = 0.05
     embedded_worker: bool = True
     reconcile_interval_s: float = 2.0

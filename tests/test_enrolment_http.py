@@ -210,6 +210,27 @@ BAD_INPUTS = {
         "validation_error",
         "holdout_fraction",
     ),
+    "zero max_minutes": (
+        {"object": "part", "max_minutes": "0"},
+        {"archive": ("a.zip", _zip(_pairs(6)))},
+        422,
+        "validation_error",
+        "max_minutes",
+    ),
+    "negative max_minutes": (
+        {"object": "part", "max_minutes": "-3"},
+        {"archive": ("a.zip", _zip(_pairs(6)))},
+        422,
+        "validation_error",
+        "max_minutes",
+    ),
+    "max_minutes above the server's limit": (
+        {"object": "part", "max_minutes": "61"},
+        {"archive": ("a.zip", _zip(_pairs(6)))},
+        422,
+        "validation_error",
+        "IUMAD_ENROLL_MAX_MINUTES_LIMIT",
+    ),
     "path in a file name": (
         {"object": "part"},
         [("files", ("../000.png", png_bytes(_rgb(0))))],

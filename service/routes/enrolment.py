@@ -63,7 +63,7 @@ _OPENAPI_BODY = {
 }
 
 
-def _options(form: ReceivedForm) -> EnrolOptions:
+def _options(form: ReceivedForm, max_minutes_limit: float) -> EnrolOptions:
     """The form's fields, and its files in the 'archive' or 'files' fields (one way or the other)."""
     errors = FormErrors()
     for name in form.fields:
@@ -81,6 +81,12 @@ def _options(form: ReceivedForm) -> EnrolOptions:
         errors.add("archive", "send one archive per enrolment")
     values = {name: form.value(name) for name in form.fields if name not in ("archive", "files")}
     options = errors.validated(EnrolOptions, {k: v for k, v in values.items() if v not in (None, "")})
+    if options is not None and options.max_minutes is not None and options.max_minutes > max_minutes_limit:
+        errors.add(
+            "max_minutes",
+            f"at most {max_minutes_limit:g} minutes on this server (IUMAD_ENROLL_MAX_MINUTES_LIMIT)",
+            "less_than_equal",
+        )
     errors.raise_if_any()
     assert options is not None
     return options
@@ -147,7 +153,7 @@ async def _enrol(request: Request, state: AppState) -> JSONResponse:
     try:
         with disk_full_is_503("receive the samples"):
             form = await receive_multipart(request, work / "parts", settings.max_archive_members)
-        options = _options(form)
+        options = _options(form, settings.enroll_max_minutes_limit)
         with disk_full_is_503("store the samples"):
             record, stored = await accept_enrolment(state, form, work, options, job_id)
     finally:
