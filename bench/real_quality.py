@@ -56,12 +56,20 @@ def ours_config(preset: str | None, config_json: str | None) -> ModelConfig:
 
 
 def run_ours(
-    data: Path, objects: list[str], seed: int, minutes: float, config: ModelConfig, image_size: int, out: Path
+    data: Path,
+    objects: list[str],
+    seed: int,
+    minutes: float,
+    config: ModelConfig,
+    image_size: int,
+    out: Path,
+    stop_when_converged: bool = False,
 ) -> dict:
     protocol = f"1-1x{len(objects) - 1}" if len(objects) > 1 else "1-0"
     results = run_benchmark(
         data, protocol, objects=objects, method="ib-iumad", out_dir=out, image_size=image_size,
         test_validation=True, seed=seed, base_max_minutes=minutes, max_minutes=minutes, config=config,
+        stop_when_converged=stop_when_converged,
     )  # fmt: skip
     final = results["steps"][-1]["eval"]
     own = {name: step["eval"][name] for step in results["steps"] for name in step["trained"]}
@@ -140,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default=None, help="network preset (default: the shipped one)")
     parser.add_argument("--config", default=None, help="model config overrides as JSON")
     parser.add_argument("--image-size", type=int, default=None, help="default: the preset's")
+    parser.add_argument(
+        "--stop-when-converged", action="store_true", help="end each step on convergence, as enrolments do"
+    )
     parser.add_argument("--skip-patchcore", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("out/real-quality"))
     args = parser.parse_args(argv)
@@ -153,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     size = args.image_size or config.image_size
     ours_runs = []
     for seed in args.seeds:
+        folder = args.out / f"ours-s{seed}"
         ours_runs.append(
-            run_ours(args.data, objects, seed, args.minutes, config, size, args.out / f"ours-s{seed}")
+            run_ours(args.data, objects, seed, args.minutes, config, size, folder, args.stop_when_converged)
         )
         print(json.dumps({"seed": seed, **ours_runs[-1]}), flush=True)
     report = {"objects": objects, "config": config.to_dict(), "minutes": args.minutes, "ours": ours_runs}

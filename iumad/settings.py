@@ -93,6 +93,11 @@ class Settings(BaseSettings):
 
     job_timeout_s: int = 3 * 3600
     enroll_max_minutes: float = 5.0
+    enroll_stop_when_converged: bool = Field(
+        True,
+        description="End an enrolment's training when its held-out pairs' reconstruction error stops "
+        "falling (then anneal), not only at the budget (docs/MODEL.md, stopping rule).",
+    )
     enroll_max_minutes_limit: float = Field(
         60.0, gt=0, description="The longest budget (max_minutes) an enrolment may ask for on this server."
     )

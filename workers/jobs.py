@@ -56,7 +56,9 @@ def enrolment_training_options(settings: Settings, started: float, deadline: flo
     from model.training.trainer import TrainingOptions
 
     reserve = AFTER_TRAINING_RESERVE_S + AFTER_TRAINING_RESERVE_SHARE * (deadline - started)
-    options = TrainingOptions(finish_by=deadline - reserve, seed=0)
+    options = TrainingOptions(
+        finish_by=deadline - reserve, seed=0, stop_when_converged=settings.enroll_stop_when_converged
+    )
     if settings.train_epochs is not None:
         options.epochs = settings.train_epochs
     if settings.anchor_weight is not None:
@@ -489,6 +491,8 @@ def _job_metrics(manifest: Any, object_name: str) -> dict[str, Any]:
         "object": asdict(record),
         "objects": [r.name for r in manifest.objects],
         "training_steps": manifest.training.get("steps"),
+        "stop_reason": manifest.training.get("stop_reason"),
+        "converged_at_step": (manifest.training.get("convergence") or {}).get("converged_at_step"),
         "final_loss": curve[-1]["loss"] if curve else None,
     }
 

@@ -40,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also score the validation split's images as good test images (never trained on)",
     )
+    parser.add_argument(
+        "--stop-when-converged",
+        action="store_true",
+        help="end each step when its held-out normals' error stops falling, as an enrolment does (ib-iumad)",
+    )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument(
         "--anchor-weight", type=float, default=None, help="L2 pull towards the parent in incremental steps"
@@ -84,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--{key.replace('_', '-')} must be positive, got {options[key]}")
     if options.get("anchor_weight", 0.0) < 0:
         raise InputError(f"--anchor-weight must not be negative, got {options['anchor_weight']}")
+    if args.stop_when_converged:
+        options["stop_when_converged"] = True
     if args.config is not None or args.preset is not None:
         options["config"] = parse_config_overrides(args.config, args.preset)
     results = run_benchmark(

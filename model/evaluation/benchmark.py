@@ -76,6 +76,7 @@ def _make_iumad(image_size: int = 224, **options: Any) -> IncrementalMethod:
         "config",
         "seed",
         "anchor_weight",
+        "stop_when_converged",
     }
     unknown = sorted(set(options) - known)
     if unknown:

@@ -43,9 +43,10 @@ class IUMADMethod:
         config: ModelConfig | None = None,
         seed: int = 0,
         anchor_weight: float | None = None,
+        stop_when_converged: bool = False,
     ) -> None:
         self.config = dataclasses.replace(config or PRESETS[SHIPPED_PRESET], image_size=image_size)
-        options = TrainingOptions(seed=seed)
+        options = TrainingOptions(seed=seed, stop_when_converged=stop_when_converged)
         if anchor_weight is not None:
             options = dataclasses.replace(options, anchor_weight=anchor_weight)
         if epochs is not None:
@@ -83,6 +84,7 @@ class IUMADMethod:
                 "objects": objects,
                 **result.manifest.training["timings"],
                 "steps": result.manifest.training["steps"],
+                "stop_reason": result.manifest.training["stop_reason"],
             }
         )
 

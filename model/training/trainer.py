@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -29,6 +29,7 @@ from model.network.iumad import IUMADNet
 from model.network.label_classifier import LabelClassifier
 from model.network.presets import ANCHOR_WEIGHT, PRESETS, SHIPPED_PRESET
 from model.training.calibration import ObjectCalibration, calibrate_object
+from model.training.convergence import ConvergenceRule, ConvergenceWatch
 from model.training.losses import iumad_losses
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,10 @@ class TrainingOptions:
     finish_by: float | None = None  # wall-clock deadline (time.time()) of the loop, e.g. a job's
     seed: int = 0
     feature_batch_size: int = 8
+    # End the step when the held-out normals' error has stopped falling (an enrolment), not only at
+    # the budget; the schedule is then warm-up, constant, decay (model/training/convergence.py).
+    stop_when_converged: bool = False
+    convergence: ConvergenceRule = field(default_factory=ConvergenceRule)
 
     def loop_budget_s(self) -> float | None:
         """Seconds the training loop may run from now: the tighter of max_seconds and finish_by."""
@@ -221,12 +226,16 @@ def fit(
     should_cancel: Callable[[], bool] | None = None,
     progress_span: tuple[float, float] = (0.0, 1.0),
     kept_rows: KeptRows = (),
+    watch: ConvergenceWatch | None = None,
 ) -> dict:
-    """The training loop on cached features. Returns a summary (steps, seconds, loss curve).
+    """The training loop on cached features. Returns a summary (steps, seconds, loss curve, why it
+    stopped).
 
     The schedule runs on progress = the larger of steps done / step cap and time spent / budget, so
     a time-budgeted run uses its whole budget with a complete warm-up and cosine decay, whatever a
-    step costs on this machine.
+    step costs on this machine. With a `watch` (the held-out normals), the schedule is warm-up,
+    constant, decay, and the loop ends as soon as the object has converged and annealed
+    (model/training/convergence.py); the budget still bounds it.
     """
     generator = torch.Generator().manual_seed(options.seed)
     count = len(features)
@@ -244,25 +253,32 @@ def fit(
     def progress_now() -> float:
         return schedule.progress(step, time.perf_counter() - started)
 
-    done = False
-    while not done:
+    stop_reason = None
+    while stop_reason is None:
         order = torch.randperm(count, generator=generator)
         for start in range(0, steps_per_epoch * batch_size, batch_size):
             fraction = progress_now()
-            if fraction >= 1.0:
-                done = True
+            stop_reason = _stop_reason(schedule, step, fraction, watch)
+            if stop_reason is not None:
                 break
             if should_cancel is not None and should_cancel():
                 raise TrainingCancelled("canceled during training")
             index = order[start : start + batch_size]
+            factor = (
+                _learning_rate_factor(fraction, options.warmup_fraction)
+                if watch is None
+                else watch.learning_rate_factor(step, fraction, options.warmup_fraction)
+            )
             for group in optimiser.param_groups:
-                group["lr"] = learning_rate * _learning_rate_factor(fraction, options.warmup_fraction)
+                group["lr"] = learning_rate * factor
             loss, terms = _training_step(net, features, labels, index, options, generator, optimiser, anchor)
             with torch.no_grad():
                 for parameter, rows in kept_rows:
                     parameter[: rows.shape[0]] = rows
             step += 1
             running = 0.9 * running + 0.1 * loss if step > 1 else loss
+            if watch is not None and watch.due(step):
+                watch.measure(net, step, time.perf_counter() - started)
             if step % steps_per_epoch == 0:
                 curve.append(_curve_point(step, time.perf_counter() - started, running, terms))
                 if progress is not None:
@@ -279,7 +295,24 @@ def fit(
         "batch_size": batch_size,
         "learning_rate": learning_rate,
         "curve": curve,
+        "stop_reason": stop_reason,
+        "convergence": watch.summary() if watch is not None else None,
     }
+
+
+StopReason = Literal["converged", "budget", "steps"]
+
+
+def _stop_reason(
+    schedule: _Schedule, step: int, fraction: float, watch: ConvergenceWatch | None
+) -> StopReason | None:
+    """Why the loop ends before this step, or None to go on: the object converged (and annealed),
+    the time budget is spent, or the step cap is reached."""
+    if watch is not None and watch.finished(step):
+        return "converged"
+    if fraction < 1.0:
+        return None
+    return "steps" if schedule.max_steps is not None and step >= schedule.max_steps else "budget"
 
 
 def _curve_point(step: int, seconds: float, running_loss: float, terms: dict[str, torch.Tensor]) -> dict:
@@ -386,7 +419,7 @@ def train_version(
     started = time.perf_counter()
     summary = fit(
         start.net, all_train, labels, options, start.learning_rate, start.anchor, report, should_cancel,
-        (0.25, 0.9), start.kept_rows,
+        (0.25, 0.9), start.kept_rows, _convergence_watch(features, label_of, options),
     )  # fmt: skip
     timings["training_s"] = round(time.perf_counter() - started, 2)
 
@@ -482,6 +515,21 @@ def _step_features(
         if item.holdout:
             features.holdout[item.name] = extract(item.holdout)
     return features
+
+
+def _convergence_watch(
+    features: StepFeatures, label_of: dict[str, int], options: TrainingOptions
+) -> ConvergenceWatch | None:
+    """The new objects' held-out normals, when the step stops on convergence and has any."""
+    if not options.stop_when_converged or not features.holdout:
+        return None
+    held = _concatenated(list(features.holdout.values()))
+    labels = torch.cat(
+        [torch.full((len(s),), label_of[name], dtype=torch.long) for name, s in features.holdout.items()]
+    )
+    return ConvergenceWatch(
+        options.convergence, held.rgb, held.depth, held.has_depth, held.depth_valid, labels
+    )
 
 
 def _concatenated(sets: list[FeatureSet]) -> FeatureSet:
