@@ -302,12 +302,13 @@ class EnrolmentRun:
         )
 
     def _retained_features(self, plan: StepPlan) -> dict[str, FeatureSet]:
-        """Backbone features of the old objects' held-out samples, which the incremental step keeps
-        reconstructing as before."""
+        """Backbone features of the old objects' held-out samples, which an incremental step without
+        object adapters re-calibrates them on. With adapters their records are kept as they are
+        (their path is frozen), so nothing is extracted."""
         from model.inference import feature_extractor_for
         from model.training.trainer import extract_features
 
-        if plan.train_parent is None:
+        if plan.train_parent is None or plan.train_parent.net.has_object_adapters:
             return {}
         extractor = feature_extractor_for(plan.config)
         return {
