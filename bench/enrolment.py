@@ -43,6 +43,7 @@ WORKER_SPLIT = (
     "training_s",
     "calibration_s",
     "guard_s",
+    "export_s",
     "save_s",
     "activate_s",
 )
@@ -86,9 +87,11 @@ def enrol(
         "upload_and_ingest_s": round(accepted, 2),
         "job_finished_s": round(finished, 2),
         "serving_s": round(serving, 2),
+        "gateway_load_s": round(serving - finished, 2),  # the gateway's load and warm-up of the version
         "worker": {key: timings.get(key) for key in WORKER_SPLIT},
         "version": version,
         "training_steps": (job.get("metrics") or {}).get("training_steps"),
+        "stop_reason": (job.get("metrics") or {}).get("stop_reason"),
         "worker_peak_rss_mb": timings.get("peak_rss_mb"),
     }
 
@@ -254,9 +257,9 @@ def markdown(report: dict) -> str:
         "process), one object after the other.",
         "",
         "| object | step | upload + ingest | wait | load | features | training | calibration | guard "
-        "| save | activate | upload start -> serving | training steps | worker peak RSS "
-        "| I-AUROC over HTTP (all objects so far) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| export | save | activate | gateway load + warm-up | upload start -> serving | training steps "
+        "| stopped | worker peak RSS | quality over HTTP (all objects so far) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for item in report["enrolments"]:
         worker = item["worker"]
@@ -268,8 +271,8 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {item['object']} | {item['kind']} | {item['upload_and_ingest_s']:.1f} s | "
             + " | ".join(cells)
-            + f" | **{item['serving_s']:.1f} s** | {item['training_steps']} | "
-            f"{item['worker_peak_rss_mb']} MB | {quality} |"
+            + f" | {item['gateway_load_s']:.1f} s | **{item['serving_s']:.1f} s** | {item['training_steps']} | "
+            f"{item['stop_reason']} | {item['worker_peak_rss_mb']} MB | {quality} |"
         )
     return "\n".join(lines)
 

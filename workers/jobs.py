@@ -389,9 +389,11 @@ class EnrolmentRun:
                 from model.export import export_onnx
 
                 self.report(0.96, "saving", f"exporting version {version} to ONNX")
+                exporting = time.perf_counter()
                 extra_files[ONNX_FILE] = export_onnx(candidate, Path(scratch) / ONNX_FILE)
+                self.timings["export_s"] = round(time.perf_counter() - exporting, 2)
             save_version(result.net, manifest, self.settings.models_dir / version, extra_files=extra_files)
-        self.timings["save_s"] = round(time.perf_counter() - started, 2)
+        self.timings["save_s"] = round(time.perf_counter() - started - self.timings.get("export_s", 0.0), 2)
         return manifest
 
     def _conclude(
