@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from iumad.names import OBJECT_NAME_ANCHORED, VERSION_NAME_ANCHORED
 from model.inference import ObjectSource
 from service.scoring import SCORE_FORMULA, SPREAD_RULE
-from store.job_store import JobState
+from store.job_store import JobRecord, JobState
 from store.registry import VersionStatus
 
 OBJECT_NAME_PATTERN = OBJECT_NAME_ANCHORED
@@ -227,6 +227,32 @@ class Job(BaseModel):
         None,
         description="Whether this gateway already answers with `version`: wait for it before inspecting.",
     )
+    serving_by: float | None = Field(
+        None,
+        description="While it runs: the latest Unix time its version can be serving (its start plus its "
+        "budget); the stopping rule usually ends training sooner.",
+    )
+    stop_reason: str | None = Field(
+        None,
+        description="After training: why it stopped - `converged at step N` (the held-out pairs' error "
+        "stopped falling), `budget` (max_minutes reached) or `steps` (an epoch cap).",
+    )
+
+    @classmethod
+    def of(cls, record: JobRecord, **extra: Any) -> Job:
+        """The answer for a job record: its fields, when it will be serving, why training stopped."""
+        budget_s = 60.0 * float(record.options.get("max_minutes") or 0.0)
+        running = record.status == "running" and record.started_at is not None and budget_s > 0
+        reason = record.metrics.get("stop_reason")
+        converged_at = record.metrics.get("converged_at_step")
+        if reason == "converged" and converged_at is not None:
+            reason = f"converged at step {converged_at}"
+        return cls(
+            **record.to_dict(),
+            serving_by=record.started_at + budget_s if running else None,
+            stop_reason=reason,
+            **extra,
+        )
 
 
 class JobList(BaseModel):

@@ -358,6 +358,24 @@ def test_a_retry_waits_for_the_objects_open_job_and_needs_an_operator(
     assert camera.status_code == 403
 
 
+def test_a_running_job_says_by_when_it_serves_and_a_finished_one_why_training_stopped(
+    client: TestClient, settings: Settings, redis: Redis, synthetic_root: Path
+) -> None:
+    archive = {"archive": ("disc.zip", mvtec_zip(synthetic_root, "disc"))}
+    job_id = client.post("/enroll-object", data={"object": "disc", "max_minutes": "2"}, files=archive).json()[
+        "job_id"
+    ]
+    assert client.get(f"/jobs/{job_id}").json()["serving_by"] is None  # queued: not started yet
+    jobs = JobStore(redis, settings.redis_key_prefix)
+    jobs.update(job_id, status="running", started_at=1000.0)
+    assert client.get(f"/jobs/{job_id}").json()["serving_by"] == 1000.0 + 120.0
+    jobs.finish(
+        job_id, "succeeded", "enrolled", metrics={"stop_reason": "converged", "converged_at_step": 350}
+    )
+    finished = client.get(f"/jobs/{job_id}").json()
+    assert finished["serving_by"] is None and finished["stop_reason"] == "converged at step 350"
+
+
 def test_flat_files_upload(client: TestClient, settings: Settings) -> None:
     files = [("files", (name, data)) for name, data in _pairs(6).items()]
     response = client.post("/enroll-object", data={"object": "flat"}, files=files)

@@ -32,7 +32,7 @@ def list_jobs(
     _, jobs = require_lineage(state)
     with redis_or_503("list jobs"):
         records = jobs.list(limit=limit, status=status)
-    return JobList(jobs=[Job(**record.to_dict()) for record in records])
+    return JobList(jobs=[Job.of(record) for record in records])
 
 
 @router.get(
@@ -52,8 +52,8 @@ def get_job(
     with redis_or_503("read the job"):
         record = job_record(jobs, job_id)
         active = registry.active() if record.version else None
-    return Job(
-        **record.to_dict(),
+    return Job.of(
+        record,
         version_active=record.version is not None and active is not None and active.version == record.version,
         version_serving=record.version is not None and state.runtime.version == record.version,
     )
@@ -83,7 +83,7 @@ async def retry_job(
     failed job stored; they are kept `IUMAD_FAILED_SAMPLES_KEEP_HOURS` after a failure."""
     record = await retry_enrolment(state, job_id)
     status_url = str(request.url_for("get_job", job_id=record.id))
-    body = Job(**record.to_dict())
+    body = Job.of(record)
     return JSONResponse(body.model_dump(), status_code=202, headers={"Location": status_url})
 
 
@@ -103,4 +103,4 @@ def cancel_job(
         record = cancel_enrolment(
             jobs, registry, state.settings.samples_dir, job_id, state.settings.cancel_grace_s
         )
-    return Job(**record.to_dict())
+    return Job.of(record)

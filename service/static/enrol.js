@@ -213,6 +213,14 @@ function reviewSection(job) {
   );
 }
 
+// While a job runs: the latest time its version can be serving (its start plus its budget).
+function servingBy(job) {
+  if (!job.serving_by) {
+    return OPEN.has(job.status) ? "when it starts: within its budget" : "—";
+  }
+  return `${formatDateTime(job.serving_by)} at the latest (usually sooner: training stops when converged)`;
+}
+
 function logLine(entry) {
   return h("li", {}, `${entry.at.toLocaleTimeString()} · ${entry.stage || "—"}: ${entry.message || ""}`);
 }
@@ -234,6 +242,7 @@ function render(job) {
     byId("job-percent").textContent = percent + " %";
     byId("job-stage").textContent = job.stage || "—";
     byId("job-message").textContent = job.message || "—";
+    byId("job-serving-by").textContent = servingBy(job);
     view.querySelector("details.log summary").textContent = `Messages (${log.length})`;
     if (added) {
       view.querySelector("ol.messages").appendChild(logLine(log[log.length - 1]));
@@ -264,6 +273,9 @@ function render(job) {
       h("dd", { id: "job-stage" }, job.stage || "—"),
       h("dt", {}, "Message"),
       h("dd", { id: "job-message" }, job.message || "—"),
+      h("dt", {}, "Serving by"),
+      h("dd", { id: "job-serving-by" }, servingBy(job)),
+      job.stop_reason ? [h("dt", {}, "Training stopped"), h("dd", {}, job.stop_reason)] : null,
       job.version ? [h("dt", {}, "Version"), h("dd", { class: "mono" }, job.version)] : null,
       job.parent ? [h("dt", {}, "Parent"), h("dd", { class: "mono" }, job.parent)] : null,
       job.enrolment && job.enrolment.train_samples !== undefined
@@ -297,7 +309,23 @@ function render(job) {
   }
   if (job.status === "succeeded") {
     children.push(h("p", { class: "notice ok" }, job.message));
-  } else if (job.status === "failed" || job.status === "canceled") {
+  } else if (job.status === "failed") {
+    children.push(h("p", { class: "notice error" }, job.message));
+    children.push(
+      h(
+        "div",
+        { class: "actions" },
+        confirmButton("Retry", "Click again to train again on the stored samples", async () => {
+          try {
+            const retried = await postJson(`/jobs/${encodeURIComponent(job.job_id)}/retry`);
+            watch(retried.job_id);
+          } catch (error) {
+            notify(message, describeError(error));
+          }
+        }),
+      ),
+    );
+  } else if (job.status === "canceled") {
     children.push(h("p", { class: "notice error" }, job.message));
   } else if (job.status === "needs_review") {
     children.push(reviewSection(job));
