@@ -106,6 +106,12 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = 2.0
     redis_key_prefix: str = Field("iumad", description="Prefix of the registry, event and job keys in Redis.")
     min_enroll_samples: int = Field(5, description="Fewest valid normal pairs an enrolment accepts.")
+    min_holdout_samples: int = Field(
+        8,
+        ge=0,
+        description="Fewest held-out pairs an enrolment sets its threshold on (and measures convergence "
+        "with); an upload that holds any out needs this many plus two to train on.",
+    )
     job_heartbeat_timeout_s: float = Field(
         30.0, description="A running job whose worker has not reported for this long is marked failed."
     )

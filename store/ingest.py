@@ -95,6 +95,7 @@ class IngestLimits:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_depth_bytes: int = DEFAULT_MAX_DEPTH_BYTES
     min_samples: int = 5
+    min_holdout: int = 0  # held-out pairs a threshold is calibrated on, at least (when any are held out)
 
     @classmethod
     def from_settings(cls, settings: Any) -> IngestLimits:
@@ -105,6 +106,7 @@ class IngestLimits:
             max_pixels=settings.max_image_pixels,
             max_depth_bytes=settings.max_depth_bytes,
             min_samples=settings.min_enroll_samples,
+            min_holdout=settings.min_holdout_samples,
         )
 
 
@@ -482,14 +484,20 @@ def ingest_folder(
         raise SamplesRejectedError(
             f"{len(rejects)} of the uploaded samples are invalid; nothing was stored", rejects
         )
-    if len(pairs) < limits.min_samples:
-        raise EnrolmentInputError(
-            f"too few samples: {len(pairs)} valid pairs, at least {limits.min_samples} needed"
+    # As many to train on as are held out, at least: the held-out ones set the threshold.
+    needed = max(limits.min_samples, 2 * limits.min_holdout if holdout_fraction > 0 else 0)
+    if len(pairs) < needed:
+        why = (
+            f" ({limits.min_holdout} held out to set the threshold, as many to train on)"
+            if needed > limits.min_samples
+            else ""
         )
+        raise EnrolmentInputError(f"too few samples: {len(pairs)} valid pairs, at least {needed} needed{why}")
     assert size is not None
     return store_enrolment(
-        pairs, size, object_name, enrolment_id, samples_dir, holdout_fraction, skipped, options
-    )
+        pairs, size, object_name, enrolment_id, samples_dir, holdout_fraction, skipped, options,
+        limits.min_holdout,
+    )  # fmt: skip
 
 
 def ingest_archive(

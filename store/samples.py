@@ -80,14 +80,19 @@ def check_object_name(name: str) -> str:
     return name
 
 
-def split_holdout(count: int, fraction: float, seed: str) -> set[int]:
-    """Deterministic holdout indices: the same samples and object always give the same split."""
+MIN_TRAIN_PAIRS = 2  # what a training step needs at the least
+
+
+def split_holdout(count: int, fraction: float, seed: str, minimum: int = 0) -> set[int]:
+    """Deterministic holdout indices: the same samples and object always give the same split. With
+    a `fraction`, at least `minimum` pairs are held out (a threshold from a handful of normal scores
+    is degenerate: two held-out pairs once both scored 0.7071 and became the threshold)."""
     if not 0.0 <= fraction <= 0.5:
         raise EnrolmentInputError(f"holdout_fraction must be between 0 and 0.5, got {fraction}")
     holdout = round(count * fraction)
     if fraction > 0 and count >= 4:
-        holdout = max(1, holdout)
-    holdout = min(holdout, count - 2)  # training needs at least two samples
+        holdout = max(1, minimum, holdout)
+    holdout = min(holdout, count - MIN_TRAIN_PAIRS)
     order = np.random.default_rng(zlib.crc32(seed.encode())).permutation(count)
     return {int(index) for index in order[: max(0, holdout)]}
 
@@ -113,11 +118,12 @@ def store_enrolment(
     holdout_fraction: float,
     skipped: list[str] | None = None,
     options: dict[str, Any] | None = None,
+    min_holdout: int = 0,
 ) -> StoredEnrolment:
     """Write the enrolment durably (fsync, then one rename) and return where everything is."""
     final = Path(samples_dir) / object_name / enrolment_id
     staging = final.parent / f".staging-{enrolment_id}"
-    holdout_indices = split_holdout(len(pairs), holdout_fraction, object_name)
+    holdout_indices = split_holdout(len(pairs), holdout_fraction, object_name, min_holdout)
     try:
         for split in ("train", "holdout"):
             for role in ("rgb", "depth"):

@@ -35,6 +35,7 @@ def tiny_env(data_dir: Path, redis_url: str | None, **extra: str) -> dict[str, s
             "IUMAD_TORCH_THREADS": "1",
             "IUMAD_DEVICE": "cpu",
             "IUMAD_CANCEL_GRACE_S": "3",
+            "IUMAD_MIN_HOLDOUT_SAMPLES": "2",  # tiny synthetic objects: a few pairs each
             # A 2-epoch model at 64 px scored on a handful of holdout parts moves its AUROC by 0.1
             # from run to run: tests whose subject is not the guard accept any drop; the guard's
             # own tests set a strict margin.

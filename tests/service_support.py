@@ -87,6 +87,7 @@ def service_settings(data_dir: Path, **overrides) -> Settings:
         "max_batch_wait_ms": 2.0,
         "inspect_api_keys": [],
         "operator_api_keys": [],
+        "min_holdout_samples": 2,  # tiny synthetic objects: a few pairs each
         **overrides,
     }
     return Settings(**values)

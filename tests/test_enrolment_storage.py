@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import shutil
 import tarfile
@@ -134,6 +135,8 @@ def test_holdout_split_is_deterministic_and_keeps_two_for_training() -> None:
     assert split_holdout(20, 0.1, "disc") == split_holdout(20, 0.1, "disc")
     assert len(split_holdout(20, 0.1, "disc")) == 2
     assert len(split_holdout(3, 0.5, "disc")) == 1
+    assert len(split_holdout(20, 0.1, "disc", minimum=8)) == 8
+    assert len(split_holdout(9, 0.1, "disc", minimum=8)) == 7  # two stay to train on
     with pytest.raises(EnrolmentInputError):
         split_holdout(10, 0.9, "disc")
 
@@ -275,6 +278,21 @@ def test_too_few_samples(dirs, tmp_path: Path) -> None:
     with pytest.raises(EnrolmentInputError, match="too few samples"):
         ingest_archive(archive, work, "few", "e1", samples, 0.1, LIMITS)
     assert _nothing_stored(samples)
+
+
+def test_an_upload_too_small_to_hold_out_its_minimum_is_refused_naming_it(dirs, tmp_path: Path) -> None:
+    work, samples = dirs
+    limits = dataclasses.replace(LIMITS, min_holdout=8)
+    archive = _zip(tmp_path / "few.zip", {f"{i:03d}.png": _png(_rgb(i)) for i in range(15)})
+    message = "15 valid pairs, at least 16 needed [(]8 held out to set the threshold, as many to train on[)]"
+    with pytest.raises(EnrolmentInputError, match=message):
+        ingest_archive(archive, work, "few", "e1", samples, 0.1, limits)
+    assert _nothing_stored(samples)
+    enough = _zip(tmp_path / "enough.zip", {f"{i:03d}.png": _png(_rgb(i)) for i in range(16)})
+    stored = ingest_archive(enough, work / "second", "enough", "e2", samples, 0.1, limits)
+    assert (len(stored.train), len(stored.holdout)) == (8, 8)
+    everything = ingest_archive(archive, work / "third", "all-train", "e3", samples, 0.0, limits)
+    assert (len(everything.train), len(everything.holdout)) == (15, 0)  # nothing held out: no minimum
 
 
 def test_failed_store_leaves_no_partial_enrolment(dirs, tmp_path: Path, monkeypatch) -> None:

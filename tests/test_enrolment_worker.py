@@ -99,7 +99,9 @@ class Stack:
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     server = start_redis(tmp_path / "redis")
-    settings = Settings(data_dir=tmp_path / "data", redis_url=server.url, min_enroll_samples=5)
+    settings = Settings(
+        data_dir=tmp_path / "data", redis_url=server.url, min_enroll_samples=5, min_holdout_samples=2
+    )
     client = Redis.from_url(server.url)
     stack = Stack(tmp_path, server, settings, client)
     yield stack

@@ -196,7 +196,7 @@ def test_a_killed_gateway_takes_its_embedded_redis_worker_and_ingest_processes_w
     from service_processes import mvtec_zip
 
     port = free_port()
-    env = _clean_env(IUMAD_DATA_DIR=str(tmp_path / "data"))
+    env = _clean_env(IUMAD_DATA_DIR=str(tmp_path / "data"), IUMAD_MIN_HOLDOUT_SAMPLES="2")
     process = _start(
         [sys.executable, "-m", "iumad.cli", "serve", "--port", str(port)], tmp_path, env, tmp_path / "log"
     )

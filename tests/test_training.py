@@ -192,3 +192,22 @@ def test_inference_is_deterministic_and_batch_independent(base):
         atol=1e-4,
         rtol=1e-4,
     )
+
+
+def test_a_threshold_is_never_set_from_scores_that_do_not_vary():
+    """Two held-out pairs, each standardised by the statistics of both, score 1/sqrt(2) whatever the
+    parts look like (seen in an enrolment of 16 pairs): calibration refuses instead of setting it."""
+    from model.errors import InputError
+    from model.training.calibration import calibrate_object
+
+    generator = torch.Generator().manual_seed(0)
+    errors = torch.rand(2, 2, 4, 4, generator=generator)
+    errors[0, 0] += 1.0  # the first pair is the worse in RGB, the second in depth: each scores +1/sqrt(2)
+    errors[1, 1] += 1.0  # in one modality and -1/sqrt(2) in the other, and the maximum is taken
+    weights = torch.ones(2, 2, 4, 4)
+    with pytest.raises(InputError, match="2 held-out normal pairs all score 0.707107"):
+        calibrate_object(errors, weights, 64, 4.0, 16, 0.01)
+    four = calibrate_object(
+        torch.rand(4, 2, 4, 4, generator=generator), torch.ones(4, 2, 4, 4), 64, 4.0, 16, 0.01
+    )
+    assert four.summary["score_max"] > four.summary["score_min"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from model.errors import InputError
 from model.network.anomaly_map import anomaly_maps, for_each, modality_score_statistics
 
 
@@ -45,6 +46,16 @@ def threshold_for_false_reject_rate(scores: np.ndarray, target: float) -> float:
     ordered = np.sort(scores.astype(np.float64))
     allowed = math.floor(target * ordered.size)  # how many normals may sit above the threshold
     return float(ordered[ordered.size - 1 - allowed])
+
+
+def _refuse_degenerate(scores: np.ndarray) -> None:
+    """A threshold is never set from scores that do not vary: with two held-out pairs, each
+    standardised by the statistics of both, both score exactly 1/sqrt(2) whatever the parts look like."""
+    if scores.size >= 2 and float(np.ptp(scores)) <= 1e-6 * max(1.0, float(np.abs(scores).max())):
+        raise InputError(
+            f"the {scores.size} held-out normal pairs all score {float(scores[0]):.6g}: no threshold can "
+            "be set from them; enrol with more normal pairs (IUMAD_MIN_HOLDOUT_SAMPLES held out)"
+        )
 
 
 @dataclass(frozen=True)
@@ -86,6 +97,7 @@ def calibrate_object(
         for_each(score_std, count, errors.dtype),
     )
     scores_np = scores.numpy()
+    _refuse_degenerate(scores_np)
     threshold = threshold_for_false_reject_rate(scores_np, target_false_reject_rate)
     return ObjectCalibration(
         norm_mean=mean,
