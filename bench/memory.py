@@ -22,9 +22,10 @@ import torch
 
 from bench.model_speed import parts, random_version
 from model.checkpoint import ONNX_FILE, WEIGHTS_FILE, save_version
+from model.data.batches import prepare_inputs
 from model.evaluation.patchcore import PatchCore, patch_features
 from model.export import export_onnx
-from model.inference import InspectionModel, prepare_inputs
+from model.inference import InspectionModel
 from model.network.config import ModelConfig
 
 

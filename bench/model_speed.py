@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from model.checkpoint import Manifest, ObjectRecord, new_version_id
+from model.data.batches import InspectionInput, prepare_inputs
 from model.evaluation.patchcore import PatchCore, nearest_distances, patch_features
 from model.export import export_onnx, onnx_model
-from model.inference import InspectionInput, InspectionModel, feature_extractor_for, prepare_inputs
+from model.inference import InspectionModel, feature_extractor_for
 from model.network import scan_extension
 from model.network.config import ModelConfig
 from model.network.iumad import IUMADNet

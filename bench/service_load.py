@@ -416,7 +416,7 @@ class OfflineModel:
         version_dir = find_version_dir(args, model_version)
         if version_dir is None or args.offline_seconds <= 0:
             return None
-        from iumad.settings import get_settings
+        from core.settings import get_settings
         from model.export import load_serving_model
         from service.runtime import resolve_device
 
@@ -429,14 +429,14 @@ class OfflineModel:
 
     def decode(self):
         """The request's decoding, as the gateway does it for every part."""
+        from model.data.batches import InspectionInput
         from model.data.decode import decode_depth, decode_rgb
-        from model.inference import InspectionInput
 
         depth = None if self.depth is None else decode_depth(self.depth)
         return InspectionInput(decode_rgb(self.rgb), depth)
 
     def measure(self, seconds: float) -> dict:
-        from model.inference import prepare_inputs
+        from model.data.batches import prepare_inputs
 
         nothing = [None] * self.batch
         done, started, cpu_started = 0, time.perf_counter(), time.process_time()

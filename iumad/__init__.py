@@ -1,3 +1,5 @@
 """IB-IUMAD Inspect: incremental unified RGB+depth anomaly detection served over HTTP."""
 
-__version__ = "0.1.0"
+from core import __version__
+
+__all__ = ["__version__"]

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from redis.exceptions import RedisError
 
-from iumad.lifetime import dying_with_parent
-from iumad.settings import redacted_url
+from core.lifetime import dying_with_parent
+from core.settings import redacted_url
 from model.errors import IumadError
 from store.connection import connect_redis, wait_for_redis
 

@@ -24,6 +24,9 @@ from model.errors import CheckpointError
 from model.network.config import ModelConfig
 from model.network.iumad import IUMADNet
 
+# The calibration's default: the share of normal parts an object's threshold may reject.
+DEFAULT_FALSE_REJECT_RATE = 0.01
+
 FORMAT_VERSION = 2  # 2: object prototypes replace the learned object head
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -44,7 +47,7 @@ class ObjectRecord:
     score_mean: list[float] | None = None
     score_std: list[float] | None = None
     threshold: float | None = None
-    target_false_reject_rate: float = 0.01
+    target_false_reject_rate: float = DEFAULT_FALSE_REJECT_RATE
     train_samples: int = 0
     holdout_samples: int = 0
     enrolled_in: str = ""

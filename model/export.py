@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from model.checkpoint import ONNX_FILE, Manifest, load_version, read_manifest, verify_file
+from model.data.batches import PreparedBatch
 from model.errors import CheckpointError
-from model.inference import InspectionModel, PreparedBatch, TorchGraph
+from model.inference import InspectionModel, TorchGraph
 from model.network.feature_extractor import MultiScaleFeatures
 from model.network.iumad import IUMADNet
 

@@ -17,8 +17,8 @@ import torch
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from iumad import __version__
-from iumad.settings import Settings, get_settings
+from core import __version__
+from core.settings import Settings, get_settings
 from model.errors import CheckpointError
 from service.cross_site import CrossSiteGuard
 from service.decision_log import DecisionLog
@@ -27,7 +27,8 @@ from service.executors import background_processes
 from service.follower import VersionFollower
 from service.job_metrics import JobMetrics
 from service.limits import UploadLimitMiddleware
-from service.lineage import make_job_store, make_registry
+from service.lineage import Lineage
+from service.metrics import expose_without_created_series
 from service.request_context import RequestIdMiddleware
 from service.routes import dashboard, enrolment, health, inspect, jobs, models, objects
 from service.runtime import ModelRuntime
@@ -99,10 +100,8 @@ def start_state(settings: Settings, redis: Any | None = None) -> AppState:
         decisions=decisions,
         decode_pool=ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="iumad-decode"),
         ingest_pool=background_processes(settings.max_concurrent_enrolments),
-        redis=redis,
+        lineage=Lineage.connect(redis, settings) if redis is not None else None,
     )
-    if redis is not None:
-        state.registry, state.jobs = make_registry(redis, settings), make_job_store(redis, settings)
     try:
         active = find_active_version(settings, state.registry)
     except CheckpointError as error:
@@ -116,10 +115,10 @@ def start_state(settings: Settings, redis: Any | None = None) -> AppState:
         runtime.load_and_swap_in_background(active)
     elif runtime.last_load_error is None:
         log.info("nothing enrolled yet: /inspect answers 409 until an object is enrolled")
-    if state.registry is not None and state.jobs is not None:  # follow activations made by any worker
+    if state.lineage is not None:  # follow activations made by any worker
         state.background = [
-            VersionFollower(state.registry, runtime, settings.reconcile_interval_s),
-            JobMetrics(state.jobs),
+            VersionFollower(state.lineage.registry, runtime, settings.reconcile_interval_s),
+            JobMetrics(state.lineage.jobs),
         ]
         for service in state.background:
             service.start()
@@ -138,6 +137,7 @@ def stop_state(state: AppState) -> None:
 
 def create_app(settings: Settings | None = None, redis: Any | None = None) -> FastAPI:
     settings = settings or get_settings()
+    expose_without_created_series()
     if redis is None and settings.redis_url:
         redis = connect_redis(settings.redis_url, settings.redis_password_value)
 

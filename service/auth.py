@@ -13,12 +13,12 @@ import hmac
 import ipaddress
 from typing import Annotated, Literal
 
-from fastapi import Depends, Security
+from fastapi import Security
 from fastapi.security import APIKeyHeader
 
-from iumad.settings import Settings
+from core.settings import Settings
 from service.errors import ForbiddenError, UnauthorizedError
-from service.state import AppState, get_state
+from service.state import StateDep
 
 Role = Literal["inspect", "operator", "anonymous"]
 
@@ -72,7 +72,7 @@ def role_of(settings: Settings, api_key: str | None) -> Role:
 
 
 async def require_inspect(
-    state: Annotated[AppState, Depends(get_state)],
+    state: StateDep,
     api_key: Annotated[str | None, Security(api_key_header)] = None,
 ) -> Role:
     """Cameras and operators; anyone when auth is off."""
@@ -80,7 +80,7 @@ async def require_inspect(
 
 
 async def require_operator(
-    state: Annotated[AppState, Depends(get_state)],
+    state: StateDep,
     api_key: Annotated[str | None, Security(api_key_header)] = None,
 ) -> Role:
     """Operators only (set thresholds, enrol, activate, roll back); anyone when auth is off."""

@@ -12,13 +12,14 @@ from pathlib import Path
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
-from iumad.settings import Settings
+from core.settings import Settings
 from model.errors import ConflictError, InputError
-from service.lineage import redis_or_503, require_lineage
+from service.lineage import Lineage, redis_or_503
 from service.schemas import EnrolOptions
 from service.state import AppState
 from service.uploads import ReceivedForm
 from store.ingest import IngestLimits, UploadedSamples, ingest_upload
+from store.job_spec import EnrolmentSpec
 from store.job_store import JobRecord, JobStore
 from store.queue import job_record, new_job_id, submit_enrolment
 from store.registry import ModelRegistry
@@ -26,18 +27,17 @@ from store.samples import StoredEnrolment, move_enrolment
 
 
 async def accept_enrolment(
-    state: AppState, form: ReceivedForm, work: Path, request: EnrolOptions, job_id: str
+    state: AppState, lineage: Lineage, form: ReceivedForm, work: Path, request: EnrolOptions, job_id: str
 ) -> tuple[JobRecord, StoredEnrolment]:
     """Reserve the object for this job, store its samples and queue the job; on any failure the
     reservation is released and nothing is stored."""
-    registry, jobs = require_lineage(state)
     with redis_or_503("enrol"):
-        await run_in_threadpool(reserve_object, jobs, request.object, job_id)
+        await run_in_threadpool(reserve_object, lineage.jobs, request.object, job_id)
     try:
-        return await _ingest_and_submit(state, registry, jobs, form, work, request, job_id)
+        return await _ingest_and_submit(state, lineage, form, work, request, job_id)
     except BaseException:
         with contextlib.suppress(RedisError):
-            await run_in_threadpool(jobs.release, request.object, job_id)
+            await run_in_threadpool(lineage.jobs.release, request.object, job_id)
         raise
 
 
@@ -74,30 +74,25 @@ def check_conflicts(registry: ModelRegistry, jobs: JobStore, request: EnrolOptio
 
 
 async def _ingest_and_submit(
-    state: AppState,
-    registry: ModelRegistry,
-    jobs: JobStore,
-    form: ReceivedForm,
-    work: Path,
-    request: EnrolOptions,
-    job_id: str,
+    state: AppState, lineage: Lineage, form: ReceivedForm, work: Path, request: EnrolOptions, job_id: str
 ) -> tuple[JobRecord, StoredEnrolment]:
-    settings = state.settings
+    settings, jobs = state.settings, lineage.jobs
     with redis_or_503("enrol"):
-        await run_in_threadpool(check_conflicts, registry, jobs, request)
+        await run_in_threadpool(check_conflicts, lineage.registry, jobs, request)
     stored = await state.ingest_pool.run(
         ingest_upload, uploaded_samples(form, work, request, job_id, settings)
     )
-    job_options = {
-        "holdout_fraction": request.holdout_fraction,
-        "target_false_reject_rate": request.target_false_reject_rate,
-        "max_minutes": request.max_minutes or settings.enroll_max_minutes,
-    }
+    spec = EnrolmentSpec(
+        object=request.object,
+        enrolment_id=job_id,
+        max_minutes=request.max_minutes or settings.enroll_max_minutes,
+        replace=request.replace,
+        target_false_reject_rate=request.target_false_reject_rate,
+        holdout_fraction=request.holdout_fraction,
+    )
     try:
         with redis_or_503("enrol"):
-            record = await run_in_threadpool(
-                submit_enrolment, registry.redis, settings, stored, request.replace, job_options
-            )
+            record = await run_in_threadpool(submit_enrolment, jobs, settings, stored, spec)
             await run_in_threadpool(jobs.keep_reservation, request.object, job_id)
     except BaseException:
         await run_in_threadpool(shutil.rmtree, stored.directory, True)
@@ -105,10 +100,10 @@ async def _ingest_and_submit(
     return record, stored
 
 
-async def retry_enrolment(state: AppState, job_id: str) -> JobRecord:
+async def retry_enrolment(settings: Settings, lineage: Lineage, job_id: str) -> JobRecord:
     """Queue a new job on the samples a failed job left (no second upload): reserve the object,
     check for conflicts as an upload would, hand the samples to the new job, queue it."""
-    registry, jobs = require_lineage(state)
+    jobs = lineage.jobs
     with redis_or_503("retry the job"):
         failed = await run_in_threadpool(job_record, jobs, job_id)
     if failed.status != "failed":
@@ -117,20 +112,18 @@ async def retry_enrolment(state: AppState, job_id: str) -> JobRecord:
     with redis_or_503("retry the job"):
         await run_in_threadpool(reserve_object, jobs, failed.object, new_id)
     try:
-        return await _resubmit(state, registry, jobs, failed, new_id)
+        return await _resubmit(settings, lineage, failed, new_id)
     except BaseException:
         with contextlib.suppress(RedisError):
             await run_in_threadpool(jobs.release, failed.object, new_id)
         raise
 
 
-async def _resubmit(
-    state: AppState, registry: ModelRegistry, jobs: JobStore, failed: JobRecord, new_id: str
-) -> JobRecord:
-    settings = state.settings
+async def _resubmit(settings: Settings, lineage: Lineage, failed: JobRecord, new_id: str) -> JobRecord:
+    jobs = lineage.jobs
     request = EnrolOptions(object=failed.object, replace=failed.replace)
     with redis_or_503("retry the job"):
-        await run_in_threadpool(check_conflicts, registry, jobs, request)
+        await run_in_threadpool(check_conflicts, lineage.registry, jobs, request)
     try:
         stored = await run_in_threadpool(
             move_enrolment, settings.samples_dir, failed.object, failed.id, new_id
@@ -141,12 +134,10 @@ async def _resubmit(
             f"{settings.failed_samples_keep_hours:g} h after a failure, or already retried); "
             "upload them again with POST /enroll-object"
         ) from None
-    options = {**failed.options, "retry_of": failed.id}
+    spec = EnrolmentSpec.retrying(failed, new_id)
     try:
         with redis_or_503("retry the job"):
-            record = await run_in_threadpool(
-                submit_enrolment, registry.redis, settings, stored, failed.replace, options
-            )
+            record = await run_in_threadpool(submit_enrolment, jobs, settings, stored, spec)
             await run_in_threadpool(jobs.keep_reservation, failed.object, new_id)
     except BaseException:  # give the samples back to the failed job, so a later retry still works
         await run_in_threadpool(move_enrolment, settings.samples_dir, failed.object, new_id, failed.id)

@@ -1,7 +1,8 @@
 """Every error answer has one shape: `{"error": {"code": "...", "message": "..."}}`.
 
-`model.errors.IumadError` subclasses carry their HTTP status and code; the few errors only the
-gateway can raise (queue full, not ready, auth, too large) are defined here. FastAPI's own validation
+`model.errors.IumadError` subclasses name their kind (`code`); which HTTP status a kind answers is
+decided here, in `STATUS_OF_KIND` (a kind not listed answers as its nearest listed base class). The
+few errors only the gateway can raise (queue full, not ready, auth, body timeout) are defined here. FastAPI's own validation
 and HTTP errors are re-shaped, and an unexpected exception becomes a 500 of the same shape with the
 traceback logged, so a client never has to parse two formats.
 """
@@ -19,8 +20,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from model.errors import ConflictError, IumadError
+from model.errors import (
+    CheckpointError,
+    ConflictError,
+    InputError,
+    IumadError,
+    NotFoundError,
+    PayloadTooLargeError,
+    UnsupportedMediaError,
+)
 from service.request_context import current_request_id
+from store.archives import ArchiveTooLargeError, UnsafeArchiveError
+from store.pairing import SamplesRejectedError
+from store.samples import EnrolmentInputError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +46,6 @@ ENROL_HINT = (
 class ServiceUnavailableError(IumadError):
     """The gateway cannot take this request now; `retry_after_s` says when to try again."""
 
-    http_status = 503
     code = "unavailable"
 
     def __init__(self, message: str, retry_after_s: int = 1) -> None:
@@ -81,25 +92,46 @@ class NothingEnrolledError(ConflictError):
 class BodyTimeoutError(IumadError):
     """The client stopped sending its body: the connection is closed rather than held open."""
 
-    http_status = 408
     code = "request_timeout"
 
 
 class UnauthorizedError(IumadError):
-    http_status = 401
     code = "unauthorized"
 
 
 class ForbiddenError(IumadError):
-    http_status = 403
     code = "forbidden"
 
 
 class ValidationFailedError(IumadError):
     """A field value the schema cannot express (e.g. a non-finite threshold)."""
 
-    http_status = 422
     code = "validation_error"
+
+
+# Error kind -> HTTP status; `http_status_of` walks an error's base classes to the nearest entry.
+STATUS_OF_KIND: dict[type[IumadError], int] = {
+    IumadError: 400,
+    InputError: 400,
+    UnsupportedMediaError: 415,
+    PayloadTooLargeError: 413,
+    ArchiveTooLargeError: 413,
+    NotFoundError: 404,
+    ConflictError: 409,
+    CheckpointError: 422,
+    EnrolmentInputError: 422,
+    UnsafeArchiveError: 422,
+    SamplesRejectedError: 422,
+    ValidationFailedError: 422,
+    BodyTimeoutError: 408,
+    UnauthorizedError: 401,
+    ForbiddenError: 403,
+    ServiceUnavailableError: 503,
+}
+
+
+def http_status_of(error: IumadError) -> int:
+    return next(STATUS_OF_KIND[kind] for kind in type(error).__mro__ if kind in STATUS_OF_KIND)
 
 
 _CODES_BY_STATUS = {
@@ -172,8 +204,9 @@ async def handle_iumad_error(request: Request, error: IumadError) -> JSONRespons
         headers["Retry-After"] = str(error.retry_after_s)
     if isinstance(error, UnauthorizedError):
         headers["WWW-Authenticate"] = 'ApiKey header="X-API-Key"'
-    log.info("%s %s -> %d %s: %s", request.method, request.url.path, error.http_status, error.code, error)
-    return error_response(request, error.http_status, error.code, str(error), error.details, headers)
+    status = http_status_of(error)
+    log.info("%s %s -> %d %s: %s", request.method, request.url.path, status, error.code, error)
+    return error_response(request, status, error.code, str(error), error.details, headers)
 
 
 async def handle_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -19,7 +19,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
-from iumad.lifetime import die_with_parent
+from core.lifetime import die_with_parent
 from service.errors import ServiceUnavailableError
 
 T = TypeVar("T")

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from starlette.datastructures import UploadFile
 
+from model.data.batches import InspectionInput, PreparedBatch
 from model.data.decode import check_file_size, check_same_size, decode_depth, decode_rgb
-from model.inference import InspectionInput, InspectionModel, PreparedBatch
+from model.inference import InspectionModel
 from model.network.anomaly_map import resize_map
 from service.decision_log import DecisionRecord, utc_now_iso
 from service.executors import in_pool

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
 
 from redis import Redis
 from redis.exceptions import RedisError
 
-from iumad.settings import Settings
+from core.settings import Settings
 from service.errors import ServiceUnavailableError
 from store.job_store import JobStore
 from store.registry import ModelRegistry
@@ -22,21 +22,19 @@ from store.registry import ModelRegistry
 REDIS_RETRY_AFTER_S = 5
 
 
-def make_registry(redis: Redis, settings: Settings) -> ModelRegistry:
-    return ModelRegistry(redis, settings.models_dir, settings.redis_key_prefix)
+@dataclass(frozen=True)
+class Lineage:
+    """The registry (active pointer, versions) and the job records of a gateway connected to Redis."""
 
+    registry: ModelRegistry
+    jobs: JobStore
 
-def make_job_store(redis: Redis, settings: Settings) -> JobStore:
-    return JobStore(redis, settings.redis_key_prefix, settings.job_heartbeat_timeout_s)
-
-
-def require_lineage(state: Any) -> tuple[ModelRegistry, JobStore]:
-    """The registry and job store of a gateway connected to Redis, else 503."""
-    registry = getattr(state, "registry", None)
-    jobs = getattr(state, "jobs", None)
-    if registry is None or jobs is None:
-        raise ServiceUnavailableError("enrolment is unavailable: this gateway runs without Redis", 60)
-    return registry, jobs
+    @classmethod
+    def connect(cls, redis: Redis, settings: Settings) -> Lineage:
+        return cls(
+            ModelRegistry(redis, settings.models_dir, settings.redis_key_prefix),
+            JobStore.for_settings(redis, settings),
+        )
 
 
 @contextmanager

@@ -18,10 +18,17 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-disable_created_metrics()  # no `*_created` series: half the lines, nothing a dashboard uses
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)  # RSS, CPU, open fds: what a soak test watches
 PlatformCollector(registry=REGISTRY)
+
+
+def expose_without_created_series() -> None:
+    """No `*_created` series on /metrics: half the lines, nothing a dashboard uses. prometheus_client
+    holds this as a process-wide switch, read when it collects, so the app flips it when it is made
+    (not this module when it is imported)."""
+    disable_created_metrics()
+
 
 # Milliseconds to seconds; fine at the low end, where a small model on a GPU answers.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

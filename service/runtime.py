@@ -37,10 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from iumad.settings import Settings
+from core.settings import Settings
+from model.data.batches import InspectionInput, PreparedBatch, prepare_inputs
 from model.errors import CheckpointError, IumadError
 from model.export import load_serving_model
-from model.inference import InspectionInput, InspectionModel, Prediction, PreparedBatch, prepare_inputs
+from model.inference import InspectionModel, Prediction
 from service.errors import NothingEnrolledError, NotReadyError, QueueFullError
 from service.metrics import (
     ACTIVE_MODEL,

@@ -6,7 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from iumad.names import OBJECT_NAME_ANCHORED, VERSION_NAME_ANCHORED
+from core.names import OBJECT_NAME_ANCHORED, VERSION_NAME_ANCHORED
+from model.checkpoint import DEFAULT_FALSE_REJECT_RATE
 from model.inference import ObjectSource
 from service.scoring import SCORE_FORMULA, SPREAD_RULE
 from store.job_store import JobRecord, JobState
@@ -178,7 +179,10 @@ class EnrolOptions(BaseModel):
         "for threshold calibration and future forgetting checks.",
     )
     target_false_reject_rate: float = Field(
-        0.01, gt=0.0, lt=0.5, description="Share of normal parts the threshold may reject."
+        DEFAULT_FALSE_REJECT_RATE,
+        gt=0.0,
+        lt=0.5,
+        description="Share of normal parts the threshold may reject.",
     )
     max_minutes: float | None = Field(
         None, gt=0.0, le=24 * 60, description="Time budget of the job (default: IUMAD_ENROLL_MAX_MINUTES)."
@@ -265,6 +269,7 @@ class ActivePointer(BaseModel):
     activated_at: float
     reason: str
     previous: str | None
+    job_id: str | None = Field(None, description="The enrolment job that activated it; null for an operator.")
 
 
 class Activation(BaseModel):

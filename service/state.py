@@ -9,21 +9,21 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 from redis.exceptions import RedisError
 
-from iumad.names import is_version_name
-from iumad.settings import Settings
+from core.names import is_version_name
+from core.settings import Settings
 from model.errors import CheckpointError
 from service.decision_log import DecisionLog
 from service.errors import NotReadyError, ServiceUnavailableError
 from service.executors import BackgroundProcesses
+from service.lineage import Lineage
 from service.recent import RecentInspections
 from service.runtime import ModelRuntime
 from service.thresholds import ThresholdStore
-from store.job_store import JobStore
 from store.registry import ModelRegistry
 
 ACTIVE_FILE = "ACTIVE"
@@ -37,12 +37,15 @@ class AppState:
     decisions: DecisionLog
     decode_pool: ThreadPoolExecutor
     ingest_pool: BackgroundProcesses  # enrolment ingest, at the lowest CPU priority
-    redis: Any | None = None  # a redis.Redis client (queue, registry, events); None = no enrolment
-    registry: ModelRegistry | None = None  # the active pointer and versions (Redis + models_dir)
-    jobs: JobStore | None = None  # enrolment job records
+    lineage: Lineage | None = None  # registry and job records in Redis; None = no enrolment
     background: list[Any] = field(default_factory=list)  # follower and pollers, stopped at shutdown
     recent: RecentInspections = field(default_factory=RecentInspections)  # the dashboard's live view
     enrolment_uploads: int = 0  # enrolment uploads this gateway is receiving and checking now
+
+    @property
+    def registry(self) -> ModelRegistry | None:
+        """The active pointer and versions when this gateway has Redis (else `models_dir/ACTIVE`)."""
+        return self.lineage.registry if self.lineage is not None else None
 
     @property
     def ready(self) -> bool:
@@ -56,6 +59,9 @@ async def get_state(request: Request) -> AppState:
     if state is None:
         raise NotReadyError("the gateway is starting", retry_after_s=1)
     return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
 
 
 def find_active_version(settings: Settings, registry: ModelRegistry | None = None) -> Path | None:

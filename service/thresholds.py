@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from service.errors import ServiceUnavailableError, ValidationFailedError
+from store.connection import text_fields
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class RedisThresholdStore:
             if time.monotonic() - self._read_at >= self.refresh_s:
                 try:
                     raw = self.redis.hgetall(self.key)
-                    self._values = {_text(k): float(_text(v)) for k, v in raw.items()}
+                    self._values = {name: float(value) for name, value in text_fields(raw).items()}
                 except Exception as error:  # noqa: BLE001 - Redis down: keep applying what we knew
                     log.warning(
                         "cannot read threshold overrides from Redis (%s); using the last known", error
@@ -159,10 +160,6 @@ class RedisThresholdStore:
 
     def clear(self, name: str) -> None:
         self._write(self.redis.hdel, name)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def open_threshold_store(data_dir: Path, redis=None) -> ThresholdStore:

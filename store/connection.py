@@ -1,4 +1,6 @@
-"""Connecting to the Redis that holds the shared state, and waiting for it to answer.
+"""Connecting to the Redis that holds the shared state, waiting for it to answer, and the two
+conventions every store module shares on it: replies decoded to text in one place (rq needs a
+client that returns bytes, so `decode_responses` cannot be used), and one compare-and-delete script.
 
 One policy for every process: a gateway must notice a dead Redis in about a second rather than hang
 a request on it (short socket timeouts); an rq worker blocks in BLPOP for minutes by design, so its
@@ -14,7 +16,7 @@ from collections.abc import Callable
 from redis import Redis
 from redis.exceptions import RedisError
 
-from iumad.settings import redacted_url
+from core.settings import redacted_url
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,24 @@ def connect_redis(url: str, password: str | None = None, *, blocking: bool = Fal
         socket_timeout=None if blocking else READ_TIMEOUT_S,
         health_check_interval=HEALTH_CHECK_INTERVAL_S,
     )
+
+
+# KEYS: a key. ARGV: a value. Deletes the key only while it holds that value (a lock's or a
+# reservation's token release): a holder never removes a successor's key.
+DELETE_IF_EQUAL = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def text(value: bytes | str | None) -> str | None:
+    """One Redis reply as text (None stays None)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def text_fields(raw: dict[bytes | str, bytes | str]) -> dict[str, str]:
+    """A hash reply (HGETALL) as text keys and values."""
+    return {str(text(name)): str(text(value)) for name, value in raw.items()}
 
 
 def wait_for_redis(

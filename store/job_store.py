@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
+
+from core.settings import Settings
+from store.connection import DELETE_IF_EQUAL, text, text_fields
 
 # rq pickles job data by default, so whoever could write Redis would run code in every gateway that
 # fetches a job and every worker that runs one. Jobs carry only JSON (a spec dict in, a result dict out).
@@ -43,10 +46,6 @@ return 1
 """
 
 # KEYS: reservation. ARGV: job id. Changes the reservation only while that job holds it.
-_RELEASE_IF_HELD = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 _KEEP_IF_HELD = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PERSIST', KEYS[1]) end
 return 0
@@ -60,7 +59,7 @@ RESERVATION_TTL_S = 3600
 class JobRecord:
     id: str
     object: str
-    status: str
+    status: JobState
     progress: float = 0.0
     stage: str = ""
     message: str = ""
@@ -105,15 +104,10 @@ class JobRecord:
         }
 
 
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _decode(raw: dict[bytes | str, bytes | str]) -> dict[str, str]:
-    return {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in raw.items()
-    }
+def _state(value: str) -> JobState:
+    if value not in STATES:
+        raise ValueError(f"a job record holds the unknown state {value!r}")
+    return cast(JobState, value)
 
 
 def _optional_float(value: str | None) -> float | None:
@@ -127,8 +121,13 @@ class JobStore:
         self.index_key = f"{prefix}:jobs"
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._update_if_open = redis.register_script(_UPDATE_IF_OPEN)
-        self._release_if_held = redis.register_script(_RELEASE_IF_HELD)
+        self._release_if_held = redis.register_script(DELETE_IF_EQUAL)
         self._keep_if_held = redis.register_script(_KEEP_IF_HELD)
+
+    @classmethod
+    def for_settings(cls, redis: Redis, settings: Settings) -> JobStore:
+        """The deployment's job store (its key prefix and heartbeat timeout): how every process opens it."""
+        return cls(redis, settings.redis_key_prefix, settings.job_heartbeat_timeout_s)
 
     def key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
@@ -147,7 +146,7 @@ class JobStore:
         for _ in range(2):
             if self.redis.set(key, job_id, nx=True, ex=RESERVATION_TTL_S):
                 return None
-            holder = _text(self.redis.get(key))
+            holder = text(self.redis.get(key))
             record = self.get(holder) if holder else None
             if holder and not (record is not None and record.finished):
                 return holder
@@ -221,10 +220,14 @@ class JobStore:
             raise ValueError(f"{status!r} is not a final job state")
         finished = self.update(job_id, status=status, message=message, finished_at=time.time(), **fields)
         if finished:
-            object_name = _text(self.redis.hget(self.key(job_id), "object"))
+            object_name = text(self.redis.hget(self.key(job_id), "object"))
             if object_name:
                 self.release(object_name, job_id)
         return finished
+
+    def beat(self, job_id: str) -> None:
+        """The running job's heartbeat: a record whose beat stops is judged dead (`_verdict`)."""
+        self.redis.hset(self.key(job_id), "heartbeat_at", time.time())
 
     def request_cancel(self, job_id: str) -> None:
         self.redis.hset(self.key(job_id), "cancel_requested", 1)
@@ -252,18 +255,18 @@ class JobStore:
         raw = self.redis.hgetall(self.key(job_id))
         if not raw:
             return None
-        record = self._record(_decode(raw))
+        record = self._record(text_fields(raw))
         if reconcile and not record.finished:
             verdict = self._verdict(record)
             if verdict is not None:
                 status, message = verdict
                 self.finish(job_id, status, message)
-                record = self._record(_decode(self.redis.hgetall(self.key(job_id))))
+                record = self._record(text_fields(self.redis.hgetall(self.key(job_id))))
         return record
 
     def list(self, limit: int = 50, status: str | None = None) -> list[JobRecord]:
         """Newest first; one round trip for the records, reconciling only the open ones."""
-        ids = [i.decode() if isinstance(i, bytes) else i for i in self.redis.zrevrange(self.index_key, 0, -1)]
+        ids = [str(text(i)) for i in self.redis.zrevrange(self.index_key, 0, -1)]
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hgetall(self.key(job_id))
@@ -272,7 +275,7 @@ class JobStore:
         for job_id, raw in zip(ids, raws, strict=True):
             if not raw:
                 continue
-            record = self._record(_decode(raw))
+            record = self._record(text_fields(raw))
             if not record.finished:
                 record = self.get(job_id) or record
             if status is not None and record.status != status:
@@ -292,7 +295,7 @@ class JobStore:
         return JobRecord(
             id=values.get("id", ""),
             object=values.get("object", ""),
-            status=values.get("status", "queued"),
+            status=_state(values.get("status", "queued")),
             progress=float(values.get("progress") or 0.0),
             stage=values.get("stage", ""),
             message=values.get("message", ""),

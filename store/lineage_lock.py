@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from redis import Redis
 
+from store.connection import DELETE_IF_EQUAL, text
+
 LINEAGE_LOCK_TTL_S = 20
 
 
@@ -21,10 +23,6 @@ _REFRESH = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
-_RELEASE_IF_HELD_BY = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class LineageLock:
@@ -34,14 +32,13 @@ class LineageLock:
         self.owner = owner
         self.ttl_ms = int(ttl_s * 1000)
         self._refresh = redis.register_script(_REFRESH)
-        self._release_if_held_by = redis.register_script(_RELEASE_IF_HELD_BY)
+        self._release_if_held_by = redis.register_script(DELETE_IF_EQUAL)
 
     def try_acquire(self) -> bool:
         return bool(self.redis.set(self.key, self.owner, nx=True, px=self.ttl_ms))
 
     def holder(self) -> str | None:
-        value = self.redis.get(self.key)
-        return value.decode() if isinstance(value, bytes) else value
+        return text(self.redis.get(self.key))
 
     def refresh(self) -> bool:
         return bool(self._refresh(keys=[self.key], args=[self.owner, self.ttl_ms]))

@@ -14,7 +14,6 @@ import logging
 import threading
 import uuid
 from pathlib import Path
-from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -23,15 +22,18 @@ from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
 
-from iumad.settings import Settings
+from core.settings import Settings
 from model.errors import ConflictError, NotFoundError
+from store.job_spec import EnrolmentSpec
 from store.job_store import JOB_SERIALIZER, JobRecord, JobStore
 from store.registry import ActiveVersion, ModelRegistry
 from store.samples import StoredEnrolment, discard_enrolment
 
 log = logging.getLogger(__name__)
 
-ENROLMENT_JOB = "workers.jobs.enroll_object"  # what a worker runs for a queued enrolment
+# What a worker runs for a queued enrolment: `workers.jobs.enroll_object` (a name on the wire, so the
+# gateway never imports it; tests/test_architecture.py checks that the name finds the function).
+ENROLMENT_JOB = "workers.jobs.enroll_object"
 RESULT_TTL_S = 7 * 24 * 3600
 FAILURE_TTL_S = 30 * 24 * 3600
 
@@ -41,38 +43,33 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def enqueue_enrolment(redis: Redis, settings: Settings, job_id: str, spec: dict[str, Any]) -> None:
+def enqueue_enrolment(redis: Redis, settings: Settings, job_id: str, spec: EnrolmentSpec) -> None:
     """Put an enrolment on the queue with an explicit timeout (rq's default is three minutes)."""
     queue = Queue(settings.queue_name, connection=redis, serializer=JOB_SERIALIZER)
     queue.enqueue(
         ENROLMENT_JOB,
-        spec,
+        spec.to_dict(),
         job_id=job_id,
         job_timeout=settings.job_timeout_s,
         result_ttl=RESULT_TTL_S,
         failure_ttl=FAILURE_TTL_S,
-        description=f"enrol {spec['object']}",
+        description=f"enrol {spec.object}",
     )
 
 
 def submit_enrolment(
-    redis: Redis, settings: Settings, stored: StoredEnrolment, replace: bool, options: dict[str, Any]
+    jobs: JobStore, settings: Settings, stored: StoredEnrolment, spec: EnrolmentSpec
 ) -> JobRecord:
     """Record and enqueue the job for a stored enrolment (its id is the enrolment id)."""
-    store = JobStore(redis, settings.redis_key_prefix, settings.job_heartbeat_timeout_s)
     job_id = stored.enrolment_id
-    spec = {
-        "object": stored.object,
-        "enrolment": f"{stored.object}/{stored.enrolment_id}",
-        "replace": replace,
-        **options,
-    }
-    record = store.create(job_id, stored.object, replace, stored.summary(), options)
+    if (spec.object, spec.enrolment_id) != (stored.object, job_id):
+        raise ValueError(f"the spec names {spec.enrolment}, the stored samples {stored.object}/{job_id}")
+    record = jobs.create(job_id, stored.object, spec.replace, stored.summary(), spec.options())
     try:
-        enqueue_enrolment(redis, settings, job_id, spec)
+        enqueue_enrolment(jobs.redis, settings, job_id, spec)
     except BaseException:
         with contextlib.suppress(RedisError):
-            store.delete(job_id)
+            jobs.delete(job_id)
         raise
     return record
 
@@ -132,7 +129,9 @@ def hard_cancel(
             send_stop_job_command(jobs.redis, job_id, serializer=JOB_SERIALIZER)
         active = registry.active()
         jobs.finish(job_id, "canceled", hard_cancel_message(active, job_id, grace_s))
-        if not _activated_by(active, job_id):  # no version uses its samples: the killed job cannot free them
+        if not (
+            active is not None and active.activated_by(job_id)
+        ):  # no version uses its samples: the killed job cannot free them
             discard_enrolment(samples_dir, record.object, job_id)
         log.warning("job %s: killed after ignoring the cancel request for %.0f s", job_id, grace_s)
     except RedisError as error:
@@ -140,14 +139,10 @@ def hard_cancel(
 
 
 def hard_cancel_message(active: ActiveVersion | None, job_id: str, grace_s: float) -> str:
-    """What a kill did: the job may already have activated its version (its activation reason names
+    """What a kill did: the job may already have activated its version (the activation record names
     the job), and then the model did change."""
     killed = f"canceled: the job did not stop within {grace_s:.0f} s and was killed"
-    if active is not None and _activated_by(active, job_id):
+    if active is not None and active.activated_by(job_id):
         undo = f"; POST /models/{active.previous}/activate to go back" if active.previous else ""
         return f"{killed} after it had activated version {active.version}, which is now serving{undo}"
     return f"{killed}; the active model is unchanged"
-
-
-def _activated_by(active: ActiveVersion | None, job_id: str) -> bool:
-    return active is not None and active.reason.endswith(f"(job {job_id})")

@@ -20,15 +20,17 @@ from typing import Any, Literal
 
 from redis import Redis
 
-from iumad.names import is_version_name
+from core.names import is_version_name
 from model.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, Manifest, read_manifest, sha256_of
 from model.errors import CheckpointError, ConflictError, InputError, NotFoundError
+from store.connection import text, text_fields
 
 HISTORY_LENGTH = 1000
 STREAM_LENGTH = 10000
 
 # KEYS: active hash, history list, events stream.
-# ARGV: version, expected sequence ("" = any), unix time, reason, history length, stream length.
+# ARGV: version, expected sequence ("" = any), unix time, reason, history length, stream length,
+# the activating job's id ("" = an operator).
 # -> {sequence, event id} on success, {-1, current sequence} when the expected sequence is stale.
 _ACTIVATE_SCRIPT = """
 local current = tonumber(redis.call('HGET', KEYS[1], 'sequence') or '0')
@@ -38,9 +40,9 @@ end
 local previous = redis.call('HGET', KEYS[1], 'version') or ''
 local sequence = current + 1
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'sequence', sequence, 'activated_at', ARGV[3],
-           'reason', ARGV[4], 'previous', previous)
+           'reason', ARGV[4], 'previous', previous, 'job_id', ARGV[7])
 redis.call('LPUSH', KEYS[2], cjson.encode({version = ARGV[1], sequence = sequence, activated_at = ARGV[3],
-                                           reason = ARGV[4], previous = previous}))
+                                           reason = ARGV[4], previous = previous, job_id = ARGV[7]}))
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
 local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 'type', 'activated', 'version', ARGV[1],
                       'sequence', sequence, 'previous', previous)
@@ -61,6 +63,7 @@ class ActiveVersion:
     activated_at: float
     reason: str = ""
     previous: str | None = None
+    job_id: str | None = None  # the enrolment job that activated it; None for an operator's activation
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,7 +72,11 @@ class ActiveVersion:
             "activated_at": self.activated_at,
             "reason": self.reason,
             "previous": self.previous,
+            "job_id": self.job_id,
         }
+
+    def activated_by(self, job_id: str) -> bool:
+        return self.job_id == job_id
 
 
 @dataclass(frozen=True)
@@ -149,10 +156,6 @@ def check_version_name(version: str) -> str:
     return version
 
 
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class ModelRegistry:
     """Active pointer, history and events in Redis; the versions themselves under `models_dir`."""
 
@@ -167,7 +170,7 @@ class ModelRegistry:
     # ------------------------------------------------------------------------------- pointer
 
     def active(self) -> ActiveVersion | None:
-        values = {_text(k): _text(v) for k, v in self.redis.hgetall(self.active_key).items()}
+        values = text_fields(self.redis.hgetall(self.active_key))
         if not values.get("version"):
             return None
         return ActiveVersion(
@@ -176,19 +179,23 @@ class ModelRegistry:
             activated_at=float(values.get("activated_at") or 0.0),
             reason=values.get("reason") or "",
             previous=values.get("previous") or None,
+            job_id=values.get("job_id") or None,
         )
 
-    def activate(self, version: str, expected_sequence: int | None = None, reason: str = "") -> ActiveVersion:
+    def activate(
+        self, version: str, expected_sequence: int | None = None, reason: str = "", job_id: str | None = None
+    ) -> ActiveVersion:
         """Point every gateway at `version` (any existing one: a new candidate or a rollback).
 
         With `expected_sequence`, refuse (StaleActivationError) if another activation happened since.
+        `job_id` names the enrolment job that activates (a killed job's cleanup asks for it).
         """
         self.manifest(version)  # refuses unknown, partial or foreign directories before anyone loads them
         now = time.time()
         expected = "" if expected_sequence is None else str(int(expected_sequence))
         sequence, detail = self._activate(
             keys=[self.active_key, self.history_key, self.events_key],
-            args=[version, expected, repr(now), reason, HISTORY_LENGTH, STREAM_LENGTH],
+            args=[version, expected, repr(now), reason, HISTORY_LENGTH, STREAM_LENGTH, job_id or ""],
         )
         if int(sequence) < 0:
             raise StaleActivationError(
@@ -198,7 +205,9 @@ class ModelRegistry:
         current = self.active()
         if current is not None and current.sequence == int(sequence):
             return current
-        return ActiveVersion(version=version, sequence=int(sequence), activated_at=now, reason=reason)
+        return ActiveVersion(
+            version=version, sequence=int(sequence), activated_at=now, reason=reason, job_id=job_id
+        )
 
     def history(self, limit: int = 50) -> list[dict[str, Any]]:
         entries = self.redis.lrange(self.history_key, 0, max(0, limit - 1))
@@ -219,7 +228,7 @@ class ModelRegistry:
     def last_event_id(self) -> str:
         """Where a new follower starts: everything after this id is news to it."""
         entries = self.redis.xrevrange(self.events_key, count=1)
-        return _text(entries[0][0]) if entries else "0-0"
+        return text(entries[0][0]) if entries else "0-0"
 
     def read_events(
         self, after_id: str, block_ms: int | None = 1000, count: int = 100
@@ -228,10 +237,10 @@ class ModelRegistry:
         events = []
         for _stream, entries in response or []:
             for entry_id, fields in entries:
-                values = {_text(k): _text(v) for k, v in fields.items()}
+                values = text_fields(fields)
                 events.append(
                     RegistryEvent(
-                        id=_text(entry_id),
+                        id=text(entry_id),
                         type=values.get("type", ""),
                         version=values.get("version", ""),
                         sequence=int(values.get("sequence") or 0),

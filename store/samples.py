@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from iumad.names import is_job_id, is_object_name
+from core.names import is_job_id, is_object_name
 from model.atomic_write import publish_directory
 from model.errors import InputError, IumadError
 
@@ -33,7 +33,6 @@ ENROLMENT_FILE = "enrolment.json"
 class EnrolmentInputError(InputError):
     """An enrolment request or its samples are not acceptable (a name, a layout, a count)."""
 
-    http_status = 422
     code = "validation_error"
 
 

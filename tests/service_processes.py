@@ -27,8 +27,7 @@ def tiny_env(data_dir: Path, redis_url: str | None, **extra: str) -> dict[str, s
     env.update(
         {
             "IUMAD_DATA_DIR": str(data_dir),
-            "IUMAD_IMAGE_SIZE": "64",
-            "IUMAD_NETWORK_CONFIG": json.dumps(TINY_NETWORK),
+            "IUMAD_NETWORK_CONFIG": json.dumps({**TINY_NETWORK, "image_size": 64}),
             "IUMAD_TRAIN_EPOCHS": "2",
             "IUMAD_JOB_HEARTBEAT_TIMEOUT_S": "6",
             "IUMAD_RECONCILE_INTERVAL_S": "1",

@@ -17,10 +17,12 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from iumad.settings import Settings
+from core.settings import Settings
 from model.checkpoint import save_version
 from model.network.config import ModelConfig
-from model.training.trainer import ObjectSamples, TrainingOptions, TrainingResult, train_version
+from model.training.features import ObjectSamples
+from model.training.options import TrainingOptions
+from model.training.trainer import TrainingResult, train_version
 
 HEIGHT, WIDTH = 80, 96  # not square and not the network's size: masks and maps must come back at this size
 

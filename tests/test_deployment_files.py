@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from iumad.settings import Settings
+from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -276,7 +276,7 @@ def test_settings_data_volume_and_env_names(dockerfile):
     env = " ".join(stage_env for stage in dockerfile.stages for stage_env in stage.all("ENV"))
     assert "IUMAD_DATA_DIR=/data" in env and "IUMAD_HOST=0.0.0.0" in env
     unknown = set(re.findall(r"\b(IUMAD_[A-Z0-9_]+)=", env)) - SETTING_NAMES
-    assert not unknown, f"not settings in iumad/settings.py: {sorted(unknown)}"
+    assert not unknown, f"not settings in core/settings.py: {sorted(unknown)}"
 
 
 # ----------------------------------------------------------------------------------------- .dockerignore
@@ -446,7 +446,7 @@ def test_every_iumad_variable_is_a_real_setting(compose, monkeypatch):
             environment = dict(item.split("=", 1) for item in environment)
         iumad = {key: str(value) for key, value in environment.items() if key.startswith("IUMAD_")}
         unknown = set(iumad) - SETTING_NAMES
-        assert not unknown, f"{name}: not settings in iumad/settings.py: {sorted(unknown)}"
+        assert not unknown, f"{name}: not settings in core/settings.py: {sorted(unknown)}"
         # And the values parse as those settings (types, JSON lists) with the defaults applied.
         with monkeypatch.context() as patch:
             for key in SETTING_NAMES:

@@ -15,8 +15,9 @@ from rq.exceptions import DeserializationError
 from rq.job import Job
 from service_processes import start_redis
 
+from core.settings import Settings, redacted_url
 from iumad.embedded import UNIX_SOCKET_MAX, RedisServerProcess
-from iumad.settings import Settings, redacted_url
+from store.job_spec import EnrolmentSpec
 from store.job_store import JOB_SERIALIZER
 from store.queue import enqueue_enrolment
 
@@ -48,9 +49,11 @@ class _Touch:
 
 def test_enrolment_jobs_travel_as_json(redis: Redis, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, redis_url="redis://unused")
-    enqueue_enrolment(redis, settings, "job-json", {"object": "alpha", "replace": False})
+    spec = EnrolmentSpec("alpha", "job-json", max_minutes=1.0)
+    enqueue_enrolment(redis, settings, "job-json", spec)
     data = json.loads(zlib.decompress(redis.hget("rq:job:job-json", "data")))
-    assert data[0] == "workers.jobs.enroll_object" and data[2] == [{"object": "alpha", "replace": False}]
+    assert data[0] == "workers.jobs.enroll_object" and data[2] == [spec.to_dict()]
+    assert EnrolmentSpec.from_dict(data[2][0]) == spec
 
 
 def test_a_pickled_job_planted_in_redis_is_refused_without_running_it(redis: Redis, tmp_path: Path) -> None:

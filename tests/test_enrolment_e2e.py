@@ -280,6 +280,9 @@ def test_demo_against_an_embedded_service(tmp_path: Path) -> None:
             timeout=300,
         )
         assert demo.returncode == 0, demo.stdout + demo.stderr + tail(tmp_path / "gateway.log")
+        assert "HTTP Request" not in demo.stdout + demo.stderr, (
+            "httpx's request log is shown only with --verbose"
+        )
         table = [line.split() for line in demo.stdout.split("model version")[-1].splitlines()]
         rows = [row for row in table if row and row[0] in ("disc", "ring")]
         assert len(rows) == 8 and {row[2] for row in rows} <= {"pass", "FAIL"}, demo.stdout

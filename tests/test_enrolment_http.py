@@ -23,8 +23,8 @@ from rq import Queue
 from service_processes import mvtec_zip, start_redis
 from service_support import build_version, png_bytes, service_settings, tiff_bytes
 
+from core.settings import Settings
 from iumad.embedded import RedisServerProcess, free_port
-from iumad.settings import Settings
 from service.app import create_app
 from service.executors import BackgroundProcesses
 from store.connection import connect_redis
@@ -619,7 +619,7 @@ def _disk_full(*_args, **_kwargs) -> None:
     "where,archive",
     [
         ("service.uploads._DiskForm._write_file", ("a.zip", _zip(_pairs(6)))),
-        ("store.ingest._ByteBudget.copy", ("a.tar", _tar(_pairs(6)))),
+        ("store.archives._ByteBudget.copy", ("a.tar", _tar(_pairs(6)))),
         ("store.samples.publish_directory", ("a.zip", _zip(_pairs(6)))),
     ],
     ids=["receiving the body", "extracting a tar", "storing the samples"],

@@ -15,14 +15,9 @@ import tifffile
 from PIL import Image
 
 from model.errors import InputError
-from store.ingest import (
-    ArchiveTooLargeError,
-    IngestLimits,
-    SamplesRejectedError,
-    UnsafeArchiveError,
-    ingest_archive,
-    ingest_folder,
-)
+from store.archives import ArchiveTooLargeError, UnsafeArchiveError
+from store.ingest import IngestLimits, ingest_archive, ingest_folder
+from store.pairing import SamplesRejectedError
 from store.samples import EnrolmentInputError, check_object_name, load_enrolment, split_holdout
 
 LIMITS = IngestLimits(max_bytes=200 * 1024 * 1024, max_members=1000, max_ratio=100.0, min_samples=5)

@@ -18,10 +18,11 @@ import pytest
 from redis import Redis
 from service_processes import mvtec_zip, start_redis, start_worker, stop_process, tail, tiny_env, wait_until
 
+from core.settings import Settings
 from iumad.embedded import RedisServerProcess
-from iumad.settings import Settings
 from model.checkpoint import read_manifest
 from store.ingest import IngestLimits, ingest_archive
+from store.job_spec import EnrolmentSpec
 from store.job_store import JobRecord, JobStore
 from store.queue import new_job_id, submit_enrolment
 from store.registry import ModelRegistry
@@ -68,13 +69,10 @@ class Stack:
             0.25,
             IngestLimits.from_settings(self.settings),
         )
-        submit_enrolment(
-            self.redis,
-            self.settings,
-            stored,
-            bool(options.pop("replace", False)),
-            {"max_minutes": 2.0, **options},
+        spec = EnrolmentSpec.from_dict(
+            {"max_minutes": 2.0, **options, "object": name, "enrolment_id": job_id}
         )
+        submit_enrolment(JobStore.for_settings(self.redis, self.settings), self.settings, stored, spec)
         return job_id
 
     def wait(self, job_id: str, timeout_s: float = 120.0) -> JobRecord:
@@ -235,7 +233,7 @@ def test_hard_cancel_kills_the_work_horse(stack: Stack, synthetic_root: Path) ->
 def test_enrolment_training_options_follow_the_settings(tmp_path: Path) -> None:
     """The loop ends before the job's deadline, leaving the after-training reserve, with no epoch cap
     (the budget decides); the operator's epoch and anchor overrides apply (unset: the defaults)."""
-    from model.training.trainer import TrainingOptions
+    from model.training.options import TrainingOptions
     from workers.jobs import (
         AFTER_TRAINING_RESERVE_S,
         AFTER_TRAINING_RESERVE_SHARE,

@@ -10,9 +10,9 @@ import pickle
 
 import pytest
 
-from service.errors import ServiceUnavailableError
+from service.errors import ServiceUnavailableError, http_status_of
 from service.executors import BACKGROUND_NICENESS, background_processes
-from store.ingest import RejectedFile, SamplesRejectedError
+from store.pairing import RejectedFile, SamplesRejectedError
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_work_runs_in_another_process_at_the_lowest_priority(processes) -> None:
 def test_a_killed_worker_fails_its_request_with_503_and_the_next_one_gets_a_new_process(processes) -> None:
     with pytest.raises(ServiceUnavailableError, match="ended unexpectedly") as refused:
         asyncio.run(processes.run(functools.partial(os._exit, 9)))
-    assert refused.value.http_status == 503
+    assert http_status_of(refused.value) == 503
     assert asyncio.run(processes.run(os.getpid)) != os.getpid()
 
 

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 from tiny_model import assert_same_prediction, sample_source, train_tiny
 
+from core.settings import Settings
 from iumad.cli import main
-from iumad.settings import Settings
 from model.checkpoint import ONNX_FILE, save_version
+from model.data.batches import InspectionInput
 from model.errors import CheckpointError
 from model.export import export_onnx, load_serving_model, onnx_model, serving_backend
-from model.inference import InspectionInput, InspectionModel
+from model.inference import InspectionModel
 
 
 @pytest.fixture(scope="module")

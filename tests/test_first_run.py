@@ -19,8 +19,8 @@ import httpx
 import pytest
 from service_processes import tail, wait_until
 
+from core.settings import Settings
 from iumad.embedded import RedisServerProcess, free_port
-from iumad.settings import Settings
 from model.errors import IumadError
 
 pytestmark = pytest.mark.slow  # real processes (make test-fast leaves them out)

@@ -11,8 +11,9 @@ import torch
 from tiny_model import TINY_CONFIG, assert_same_prediction, sample_source, train_tiny
 
 from model.backbone import FrozenBackbone
+from model.data.batches import InspectionInput, prepare_inputs
 from model.export import export_onnx, onnx_model
-from model.inference import InspectionInput, InspectionModel, prepare_inputs
+from model.inference import InspectionModel
 from model.network.config import ModelConfig
 from model.network.feature_extractor import MultiScaleFeatures
 from model.network.grid import cells_to_tokens, tokens_to_cells

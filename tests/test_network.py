@@ -149,7 +149,7 @@ def test_config_round_trip_rejects_unknown_keys():
 def test_depth_counts_only_where_the_sensor_measured_it():
     import numpy as np
 
-    from model.inference import depth_validity
+    from model.data.batches import depth_validity
     from model.network.anomaly_map import combine_modalities
 
     errors = torch.tensor([[[[4.0, 4.0]], [[100.0, 100.0]]]])  # (1, 2, 1, 2): rgb, depth

@@ -13,8 +13,9 @@ import torch
 from tiny_model import TINY_CONFIG, assert_same_prediction, sample_source, train_tiny
 
 from model.checkpoint import clone_net, load_version, save_version
+from model.data.batches import InspectionInput
 from model.export import export_onnx, onnx_model
-from model.inference import InspectionInput, InspectionModel
+from model.inference import InspectionModel
 from model.network.object_adapters import ObjectAdapters
 from model.network.presets import PRESETS, SHIPPED_PRESET, preset_config
 
@@ -144,14 +145,19 @@ def test_presets_are_named_and_checked():
         ("IUMAD_NETWORK_PRESET", "fast", "IUMAD_NETWORK_PRESET: unknown network preset 'fast'"),
         ("IUMAD_NETWORK_CONFIG", '{"width": 3}', "IUMAD_NETWORK_CONFIG: .*unknown model config keys: width"),
         ("IUMAD_NETWORK_CONFIG", '{"hidden_size": "big"}', "hidden_size must be a non-negative integer"),
+        (
+            "IUMAD_IMAGE_SIZE",
+            "320",
+            'IUMAD_IMAGE_SIZE is retired: .* set IUMAD_NETWORK_CONFIG=\'{"image_size"',
+        ),
     ],
 )
 @pytest.mark.timeout(60)  # a setting that slipped through would start the server
 def test_a_bad_network_setting_stops_the_cli_at_start_up_with_exit_2(
     variable, value, message, monkeypatch, tmp_path, capsys
 ):
+    from core.settings import get_settings
     from iumad.cli import main
-    from iumad.settings import get_settings
 
     monkeypatch.setenv("IUMAD_DATA_DIR", str(tmp_path))
     monkeypatch.setenv(variable, value)

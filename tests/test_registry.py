@@ -65,6 +65,23 @@ def test_activation_sequence_history_and_events(redis: Redis, models_dir: Path) 
     assert (rolled_back.version, rolled_back.sequence) == ("v1", 3)
 
 
+def test_an_activation_records_the_job_that_made_it_and_a_kill_reads_that_not_the_reason(
+    redis: Redis, models_dir: Path
+) -> None:
+    from store.queue import hard_cancel_message
+
+    registry = ModelRegistry(redis, models_dir)
+    registry.activate("v1", reason="any words at all", job_id="job-a")
+    active = registry.active()
+    assert active.job_id == "job-a" and registry.history()[0]["job_id"] == "job-a"
+    assert active.activated_by("job-a") and not active.activated_by("job-b")
+    assert "after it had activated version v1" in hard_cancel_message(active, "job-a", 5)
+    registry.activate("v2", reason="enrolled alpha (job job-b)")  # an operator's, whatever it says
+    operator = registry.active()
+    assert operator.job_id is None and not operator.activated_by("job-b")
+    assert hard_cancel_message(operator, "job-b", 5).endswith("the active model is unchanged")
+
+
 def test_stale_writer_loses(redis: Redis, models_dir: Path) -> None:
     registry = ModelRegistry(redis, models_dir)
     registry.activate("v1")
@@ -130,8 +147,8 @@ def test_a_hard_cancel_after_its_activation_says_the_model_changed() -> None:
     from store.queue import hard_cancel_message
     from store.registry import ActiveVersion
 
-    own = ActiveVersion("v7", 7, 0.0, "enrolled ring (job abc123)", previous="v6")
-    other = ActiveVersion("v7", 7, 0.0, "enrolled ring (job zzz999)", previous="v6")
+    own = ActiveVersion("v7", 7, 0.0, "enrolled ring", previous="v6", job_id="abc123")
+    other = ActiveVersion("v7", 7, 0.0, "enrolled ring", previous="v6", job_id="zzz999")
     said = hard_cancel_message(own, "abc123", 10.0)
     assert "activated version v7, which is now serving" in said and "POST /models/v6/activate" in said
     assert "unchanged" not in said

@@ -118,7 +118,7 @@ def test_serve_refuses_a_network_address_with_auth_off(tmp_path, monkeypatch):
     monkeypatch.setenv("IUMAD_DATA_DIR", str(tmp_path))
     for name in ("IUMAD_INSPECT_API_KEYS", "IUMAD_OPERATOR_API_KEYS", "IUMAD_ALLOW_NO_AUTH"):
         monkeypatch.delenv(name, raising=False)
-    from iumad.settings import get_settings
+    from core.settings import get_settings
 
     get_settings.cache_clear()
     try:
@@ -143,7 +143,7 @@ def test_serve_refuses_a_network_address_with_auth_off(tmp_path, monkeypatch):
     ],
 )
 def test_which_addresses_need_keys(tmp_path, host, keys, allow, refused):
-    from iumad.settings import Settings
+    from core.settings import Settings
     from service.auth import exposure_problem
 
     settings = Settings(

@@ -178,6 +178,7 @@ def test_it_keeps_serving_after_refusals_and_exposes_metrics(server):
     )
     metrics = httpx.get(f"{url}/metrics", timeout=10).text
     assert "iumad_inspections_total" in metrics and "iumad_batch_size_count" in metrics
+    assert "_created" not in metrics, "no *_created series: the app switches them off when it is made"
 
 
 def test_sigterm_drains_and_exits_cleanly_with_json_logs(server):

@@ -22,7 +22,8 @@ from service_support import (
     wait_ready,
 )
 
-from model.inference import InspectionInput, InspectionModel
+from model.data.batches import InspectionInput
+from model.inference import InspectionModel
 from model.network.anomaly_map import resize_map
 from service.app import create_app
 from service.masks import decode_anomaly_map, decode_mask_png, decode_mask_rle

@@ -7,17 +7,14 @@ import pytest
 import torch
 from tiny_model import TINY_CONFIG, TINY_OPTIONS, sample_source, tiny_objects, train_tiny
 
+from model.data.batches import InspectionInput
 from model.errors import ConflictError, InputError
-from model.inference import InspectionInput, InspectionModel
+from model.inference import InspectionModel
 from model.training.calibration import threshold_for_false_reject_rate
-from model.training.trainer import (
-    DEFAULT_EPOCHS,
-    ObjectSamples,
-    TrainingCancelled,
-    TrainingOptions,
-    _learning_rate_factor,
-    train_version,
-)
+from model.training.features import ObjectSamples
+from model.training.loop import _learning_rate_factor
+from model.training.options import DEFAULT_EPOCHS, TrainingCancelled, TrainingOptions
+from model.training.trainer import train_version
 
 
 @pytest.fixture(scope="module")

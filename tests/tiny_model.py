@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from model.network.config import ModelConfig
-from model.training.trainer import ObjectSamples, TrainingOptions, TrainingResult, train_version
+from model.training.features import ObjectSamples
+from model.training.options import TrainingOptions
+from model.training.trainer import TrainingResult, train_version
 
 TINY_CONFIG = ModelConfig(image_size=64, hidden_size=32, num_layers=1, num_heads=4, state_size=4)
 TINY_OPTIONS = TrainingOptions(epochs=2, batch_size=4)

@@ -16,9 +16,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from model.data.batches import InspectionInput, prepare_inputs
+from model.data.samples import SampleSource
 from model.evaluation.metrics import image_auroc
-from model.inference import InspectionInput, InspectionModel, TorchGraph, prepare_inputs
-from model.training.trainer import SampleSource, TrainingCancelled
+from model.inference import InspectionModel, TorchGraph
+from model.training.options import TrainingCancelled
 
 DEFECT_KINDS = ("colour", "bump", "dent", "colour_dent")
 

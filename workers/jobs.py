@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 from redis import Redis
 from redis.exceptions import RedisError as RedisClientError
 
-from iumad.lifetime import die_with_parent
-from iumad.settings import Settings, get_settings
+from core.lifetime import die_with_parent
+from core.settings import Settings, get_settings
 from model.errors import ConflictError, InputError, IumadError
+from store.job_spec import EnrolmentSpec
 from store.job_store import JobStore
 from store.lineage_lock import LINEAGE_LOCK_TTL_S, LineageLock, lineage_lock_key
 from store.registry import ActiveVersion, ModelRegistry, StaleActivationError
@@ -37,7 +38,9 @@ if TYPE_CHECKING:
     from model.checkpoint import Manifest
     from model.inference import InspectionModel
     from model.network.config import ModelConfig
-    from model.training.trainer import FeatureSet, ObjectSamples, TrainingOptions, TrainingResult
+    from model.training.features import FeatureSet, ObjectSamples
+    from model.training.options import TrainingOptions
+    from model.training.trainer import TrainingResult
     from workers.forgetting_guard import GuardReport
 
 log = logging.getLogger(__name__)
@@ -53,7 +56,7 @@ AFTER_TRAINING_RESERVE_SHARE = 0.05
 def enrolment_training_options(settings: Settings, started: float, deadline: float) -> TrainingOptions:
     """The training options of a job: its loop ends in time for what follows it, before `deadline`
     (wall clock); the settings' overrides on top."""
-    from model.training.trainer import TrainingOptions
+    from model.training.options import TrainingOptions
 
     reserve = AFTER_TRAINING_RESERVE_S + AFTER_TRAINING_RESERVE_SHARE * (deadline - started)
     options = TrainingOptions(
@@ -89,20 +92,20 @@ class StepPlan:
 class EnrolmentRun:
     """Everything one job needs, so the steps below stay short and readable."""
 
-    def __init__(self, settings: Settings, redis: Redis, job_id: str, spec: dict[str, Any]) -> None:
+    def __init__(self, settings: Settings, redis: Redis, job_id: str, spec: EnrolmentSpec) -> None:
         self.settings = settings
         self.redis = redis
         self.job_id = job_id
         self.spec = spec
-        self.object = spec["object"]
-        self.store = JobStore(redis, settings.redis_key_prefix, settings.job_heartbeat_timeout_s)
+        self.object = spec.object
+        self.store = JobStore.for_settings(redis, settings)
         self.registry = ModelRegistry(redis, settings.models_dir, settings.redis_key_prefix)
         self.lock = LineageLock(
             redis, lineage_lock_key(settings.redis_key_prefix), job_id, LINEAGE_LOCK_TTL_S
         )
         self._holds_lock = False
         self.started = time.time()
-        self.deadline = self.started + float(spec.get("max_minutes") or settings.enroll_max_minutes) * 60
+        self.deadline = self.started + float(spec.max_minutes or settings.enroll_max_minutes) * 60
         self.timings: dict[str, float] = {}
         self._stage = ""
         self._last_log = 0.0
@@ -135,7 +138,7 @@ class EnrolmentRun:
     def _heartbeat(self) -> None:
         while not self._stop_heartbeat.wait(HEARTBEAT_INTERVAL_S):
             try:
-                self.redis.hset(self.store.key(self.job_id), "heartbeat_at", time.time())
+                self.store.beat(self.job_id)
                 if self._holds_lock:
                     self.lock.refresh()
             except RedisClientError as error:
@@ -209,8 +212,7 @@ class EnrolmentRun:
         # so that a client who sees the state sees the cleanup done. A failed job's samples stay for a
         # retry (POST /jobs/{id}/retry); the worker removes them after IUMAD_FAILED_SAMPLES_KEEP_HOURS.
         if status == "canceled":
-            object_name, _, enrolment_id = str(self.spec["enrolment"]).partition("/")
-            discard_enrolment(self.settings.samples_dir, object_name, enrolment_id)
+            discard_enrolment(self.settings.samples_dir, self.spec.object, self.spec.enrolment_id)
         self.store.finish(self.job_id, status, message, stage=status, timings=self.timings, **fields)
         return {"status": status, "message": message, **{k: v for k, v in fields.items() if k == "version"}}
 
@@ -222,7 +224,7 @@ class EnrolmentRun:
         """One lineage step: plan, train, check for forgetting, save, then activate (or ask for review)."""
         from model.checkpoint import new_version_id
         from model.inference import InspectionModel
-        from model.training.trainer import TrainingCancelled
+        from model.training.options import TrainingCancelled
 
         self._limit_threads()
         plan = self._plan()
@@ -253,17 +255,16 @@ class EnrolmentRun:
         self.report(0.01, "loading", "loading the active version and the stored samples")
         active = self.registry.active()
         parent = InspectionModel.load(self.registry.version_dir(active.version)) if active else None
-        enrolment = load_enrolment(self.settings.samples_dir / self.spec["enrolment"])
+        enrolment = load_enrolment(self.settings.samples_dir / self.spec.enrolment)
         lineage = dict(parent.manifest.training.get("samples", {})) if parent is not None else {}
         replacing = parent is not None and self.object in parent.by_name
-        if replacing and not self.spec.get("replace"):
+        if replacing and not self.spec.replace:
             raise ConflictError(
                 f"object {self.object!r} is already enrolled in {parent.version}; "
                 "enrol again with replace=true to retrain it"
             )
-        lineage[self.object] = self.spec["enrolment"]
-        target_frr = float(self.spec.get("target_false_reject_rate", 0.01))
-        new = _object_samples(enrolment, target_frr)
+        lineage[self.object] = self.spec.enrolment
+        new = _object_samples(enrolment, self.spec.target_false_reject_rate)
         old_enrolments = self._old_enrolments(parent, lineage)
         if replacing:  # a rebuild: one base step over every object's stored samples
             assert parent is not None
@@ -292,21 +293,17 @@ class EnrolmentRun:
         ]
 
     def _new_config(self) -> ModelConfig:
-        """The network of a first enrolment: the settings' preset, backbone and size."""
+        """The network of a first enrolment: the settings' preset with its overrides."""
         from model.network.presets import preset_config
 
-        settings = self.settings
-        return preset_config(
-            settings.network_preset,
-            **{"backbone": settings.backbone, "image_size": settings.image_size, **settings.network_config},
-        )
+        return preset_config(self.settings.network_preset, **self.settings.network_config)
 
     def _retained_features(self, plan: StepPlan) -> dict[str, FeatureSet]:
         """Backbone features of the old objects' held-out samples, which an incremental step without
         object adapters re-calibrates them on. With adapters their records are kept as they are
         (their path is frozen), so nothing is extracted."""
         from model.inference import feature_extractor_for
-        from model.training.trainer import extract_features
+        from model.training.features import extract_features
 
         if plan.train_parent is None or plan.train_parent.net.has_object_adapters:
             return {}
@@ -432,6 +429,7 @@ class EnrolmentRun:
                 version,
                 expected_sequence=plan.active.sequence if plan.active else 0,
                 reason=f"enrolled {self.object} (job {self.job_id})",
+                job_id=self.job_id,
             )
         except StaleActivationError:
             now_active = self.registry.active()
@@ -462,7 +460,7 @@ class EnrolmentRun:
 
 def _object_samples(stored: StoredEnrolment, target_frr: float) -> ObjectSamples:
     """A stored enrolment as the trainer takes it (files are read only when needed)."""
-    from model.training.trainer import ObjectSamples
+    from model.training.features import ObjectSamples
 
     return ObjectSamples(
         stored.object,
@@ -501,11 +499,11 @@ def _job_metrics(manifest: Any, object_name: str) -> dict[str, Any]:
 
 
 def enroll_object(spec: dict[str, Any]) -> dict[str, Any]:
-    """rq entry point. `spec`: object, enrolment (path under samples_dir), replace, options."""
+    """rq entry point: `spec` is an `EnrolmentSpec` as JSON (`store.queue.submit_enrolment` queues it)."""
     from rq import get_current_job
 
     die_with_parent()  # the work horse goes when its worker goes
     job = get_current_job()
     if job is None:
         raise RuntimeError("enroll_object must run inside an rq worker")
-    return EnrolmentRun(get_settings(), job.connection, job.id, spec).execute()
+    return EnrolmentRun(get_settings(), job.connection, job.id, EnrolmentSpec.from_dict(spec)).execute()

@@ -19,7 +19,7 @@ from typing import Any
 from redis import Redis
 from rq import Queue, Worker
 
-from iumad.settings import Settings, redacted_url
+from core.settings import Settings, redacted_url
 from model.errors import IumadError
 from store.connection import connect_redis, wait_for_redis
 from store.job_store import JOB_SERIALIZER, JobStore
@@ -88,7 +88,7 @@ def _remove_leftovers(connection: Redis, settings: Settings) -> None:
         return
     for path in remove_stale_staging(settings.models_dir):
         log.info("removed the partial version %s left by a killed job", path)
-    jobs = JobStore(connection, settings.redis_key_prefix, settings.job_heartbeat_timeout_s)
+    jobs = JobStore.for_settings(connection, settings)
     keep_failed_s = 3600 * settings.failed_samples_keep_hours
     for path in remove_unused_enrolments(settings.samples_dir, settings.models_dir, jobs, keep_failed_s):
         log.info("removed the samples %s of a job that ended without a version", path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from iumad.settings import get_settings
+from core.settings import get_settings
 from model.errors import IumadError
 
 DEMO_OBJECTS = 2
@@ -33,10 +34,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-minutes", type=float, default=2.0, help="time budget of each enrolment job")
     parser.add_argument("--replace", action="store_true", help="re-enrol objects that are already enrolled")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--verbose", action="store_true", help="also log every HTTP request the demo makes")
+
+
+def quiet_http_logs(verbose: bool) -> None:
+    """httpx logs every request at INFO: between the progress lines that is noise on a newcomer's
+    first screen, so only `--verbose` shows it."""
+    level = logging.NOTSET if verbose else logging.WARNING
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(level)
 
 
 def run(args: argparse.Namespace) -> int:
     import httpx
+
+    quiet_http_logs(args.verbose)
 
     from model.data.synthetic import write_synthetic_dataset
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from model.data.batches import InspectionInput
 from model.errors import InputError
 from model.export import export_onnx, onnx_model
-from model.inference import InspectionInput, InspectionModel
+from model.inference import InspectionModel
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

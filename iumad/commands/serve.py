@@ -17,7 +17,7 @@ from typing import Any
 
 import uvicorn
 
-from iumad.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 from model.errors import IumadError
 
 log = logging.getLogger("iumad.serve")

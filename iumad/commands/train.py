@@ -13,7 +13,9 @@ from model.data.datasets import list_samples
 from model.errors import InputError
 from model.inference import InspectionModel
 from model.network.presets import SHIPPED_PRESET, preset_config
-from model.training.trainer import ObjectSamples, TrainingOptions, sample_sources, train_version
+from model.training.features import ObjectSamples
+from model.training.options import TrainingOptions
+from model.training.trainer import sample_sources, train_version
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

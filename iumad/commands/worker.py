@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from iumad.settings import get_settings
+from core.settings import get_settings
 from model.errors import IumadError
 
 

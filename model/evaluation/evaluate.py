@@ -11,9 +11,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from model.data.batches import InspectionInput
 from model.data.samples import Sample, load_sample, pixel_truth
 from model.evaluation.metrics import aupro, image_auroc, pixel_auroc
-from model.inference import InspectionInput, InspectionModel
+from model.inference import InspectionModel
 
 
 def predict_samples(

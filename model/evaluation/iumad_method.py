@@ -17,7 +17,9 @@ from model.evaluation.evaluate import predict_samples
 from model.inference import InspectionModel
 from model.network.config import ModelConfig
 from model.network.presets import PRESETS, SHIPPED_PRESET
-from model.training.trainer import FeatureSet, ObjectSamples, TrainingOptions, sample_sources, train_version
+from model.training.features import FeatureSet, ObjectSamples
+from model.training.options import TrainingOptions
+from model.training.trainer import sample_sources, train_version
 
 
 def split_holdout(samples: Sequence[Sample], fraction: float) -> tuple[list[Sample], list[Sample]]:

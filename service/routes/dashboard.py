@@ -18,12 +18,12 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
 
 from model.errors import NotFoundError
-from service.auth import require_inspect
+from service.deps import InspectRole, StateDep
 from service.recent import PictureKind
 from service.schemas import (
     OBJECT_NAME_PATTERN,
@@ -33,7 +33,6 @@ from service.schemas import (
     RecentInspections,
     RecentScores,
 )
-from service.state import AppState, get_state
 
 router = APIRouter(tags=["dashboard"])
 
@@ -84,8 +83,8 @@ def static_file(name: str) -> FileResponse:
     summary="Recent inspections on this gateway, newest first (dashboard)",
 )
 def recent_inspections(
-    state: Annotated[AppState, Depends(get_state)],
-    _role: Annotated[str, Depends(require_inspect)],
+    state: StateDep,
+    _role: InspectRole,
     object: ObjectFilter = None,
     decision: Literal["pass", "fail"] | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -115,8 +114,8 @@ def recent_inspections(
 def recent_picture(
     entry_id: EntryId,
     kind: PictureKind,
-    state: Annotated[AppState, Depends(get_state)],
-    _role: Annotated[str, Depends(require_inspect)],
+    state: StateDep,
+    _role: InspectRole,
 ) -> Response:
     data = state.recent.picture(entry_id, kind)
     if data is None:
@@ -135,8 +134,8 @@ def recent_picture(
     summary="Recent raw scores per object, for threshold histograms (dashboard)",
 )
 def recent_scores(
-    state: Annotated[AppState, Depends(get_state)],
-    _role: Annotated[str, Depends(require_inspect)],
+    state: StateDep,
+    _role: InspectRole,
     object: ObjectFilter = None,
 ) -> RecentScores:
     """The latest raw scores of each object (oldest first, at most `per_object`) and whether each part

@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import logging
 import shutil
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from model.errors import ConflictError, IumadError
-from service.auth import require_operator
+from service.deps import LineageDep, OperatorRole, StateDep
 from service.enrolment import accept_enrolment
 from service.errors import ServiceUnavailableError, disk_full_is_503
-from service.lineage import redis_or_503, require_lineage
+from service.lineage import Lineage, redis_or_503
 from service.metrics import ENROLMENT_UPLOADS
 from service.schemas import EnrolmentAccepted, EnrolOptions
-from service.state import AppState, get_state
+from service.state import AppState
 from service.uploads import FormErrors, ReceivedForm, receive_multipart
 from store.queue import new_job_id
 
@@ -114,8 +113,9 @@ def _options(form: ReceivedForm, max_minutes_limit: float) -> EnrolOptions:
 )
 async def enroll_object(
     request: Request,
-    state: Annotated[AppState, Depends(get_state)],
-    _role: Annotated[str, Depends(require_operator)],
+    state: StateDep,
+    _role: OperatorRole,
+    lineage: LineageDep,
 ) -> JSONResponse:
     """Stores the samples durably, queues the training job and answers at once; poll `status_url`."""
     if state.enrolment_uploads >= state.settings.max_concurrent_enrolments:
@@ -127,12 +127,14 @@ async def enroll_object(
         )
     state.enrolment_uploads += 1  # the event loop is the only writer
     try:
-        response = await _enrol(request, state)
+        response = await _enrol(request, state, lineage)
     except ConflictError:
         ENROLMENT_UPLOADS.labels("conflict").inc()
         raise
     except IumadError as error:
-        ENROLMENT_UPLOADS.labels("unavailable" if error.http_status == 503 else "rejected").inc()
+        ENROLMENT_UPLOADS.labels(
+            "unavailable" if isinstance(error, ServiceUnavailableError) else "rejected"
+        ).inc()
         raise
     except RequestValidationError:
         ENROLMENT_UPLOADS.labels("rejected").inc()
@@ -143,11 +145,10 @@ async def enroll_object(
     return response
 
 
-async def _enrol(request: Request, state: AppState) -> JSONResponse:
-    registry, _ = require_lineage(state)
+async def _enrol(request: Request, state: AppState, lineage: Lineage) -> JSONResponse:
     settings = state.settings
     with redis_or_503("enrol"):
-        await run_in_threadpool(registry.redis.ping)
+        await run_in_threadpool(lineage.registry.redis.ping)
     job_id = new_job_id()
     work = settings.data_dir / "uploads" / job_id
     try:
@@ -155,7 +156,7 @@ async def _enrol(request: Request, state: AppState) -> JSONResponse:
             form = await receive_multipart(request, work / "parts", settings.max_archive_members)
         options = _options(form, settings.enroll_max_minutes_limit)
         with disk_full_is_503("store the samples"):
-            record, stored = await accept_enrolment(state, form, work, options, job_id)
+            record, stored = await accept_enrolment(state, lineage, form, work, options, job_id)
     finally:
         await run_in_threadpool(shutil.rmtree, work, True)
     log.info(

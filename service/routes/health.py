@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from model.errors import CheckpointError
+from service.deps import StateDep
 from service.errors import ServiceUnavailableError
 from service.metrics import QUEUE_DEPTH, REGISTRY
 from service.schemas import Health, Readiness
-from service.state import AppState, find_active_version, get_state
+from service.state import find_active_version
 
 router = APIRouter(tags=["health"])
 
@@ -29,7 +29,7 @@ def healthz() -> Health:
     summary="Ready to inspect (200) or not (503), with why",
     responses={503: {"model": Readiness, "description": "Starting, loading, failed or draining."}},
 )
-def readyz(state: Annotated[AppState, Depends(get_state)]) -> JSONResponse:
+def readyz(state: StateDep) -> JSONResponse:
     """Ready when a warmed model serves, or when nothing is enrolled yet (so enrolment can start)."""
     status = state.runtime.status()
     try:
@@ -52,6 +52,6 @@ def readyz(state: Annotated[AppState, Depends(get_state)]) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics (prefix iumad_)", response_class=Response)
-def metrics(state: Annotated[AppState, Depends(get_state)]) -> Response:
+def metrics(state: StateDep) -> Response:
     QUEUE_DEPTH.set(state.runtime.queue_depth)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

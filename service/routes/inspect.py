@@ -12,21 +12,20 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.datastructures import FormData, UploadFile
 
 from model.errors import IumadError, UnsupportedMediaError
 from model.inference import InspectionModel
-from service.auth import require_inspect
+from service.deps import InspectRole, StateDep
 from service.errors import disk_full_is_503
 from service.inspection import run_inspection
 from service.metrics import INSPECT_ERRORS
 from service.runtime import Admission
 from service.schemas import InspectOptions, InspectResponse
-from service.state import AppState, get_state
+from service.state import AppState
 from service.uploads import FormErrors, read_inspection_form
 
 log = logging.getLogger(__name__)
@@ -105,8 +104,8 @@ def _parse_options(form: FormData) -> tuple[UploadFile, UploadFile | None, Inspe
 )
 async def inspect(
     request: Request,
-    state: Annotated[AppState, Depends(get_state)],
-    _role: Annotated[str, Depends(require_inspect)],
+    state: StateDep,
+    _role: InspectRole,
 ) -> InspectResponse:
     """Scores the part and answers pass/fail with a mask; `score` is documented in the response schema."""
     started = time.perf_counter()

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from iumad.names import JOB_ID_ANCHORED
-from service.auth import require_inspect, require_operator
+from core.names import JOB_ID_ANCHORED
+from service.deps import InspectRole, LineageDep, OperatorRole, StateDep
 from service.enrolment import retry_enrolment
-from service.lineage import redis_or_503, require_lineage
+from service.lineage import redis_or_503
 from service.schemas import Job, JobList
-from service.state import AppState, get_state
 from store.job_store import JobState
 from store.queue import cancel_enrolment, job_record
 
@@ -24,14 +23,13 @@ JobId = Annotated[str, Path(pattern=JOB_ID_ANCHORED, description="A job id from 
 
 @router.get("", response_model=JobList, summary="Recent enrolment jobs, newest first")
 def list_jobs(
-    state: Annotated[AppState, Depends(get_state)],
-    _role: Annotated[str, Depends(require_inspect)],
+    _role: InspectRole,
+    lineage: LineageDep,
     status: JobState | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> JobList:
-    _, jobs = require_lineage(state)
     with redis_or_503("list jobs"):
-        records = jobs.list(limit=limit, status=status)
+        records = lineage.jobs.list(limit=limit, status=status)
     return JobList(jobs=[Job.of(record) for record in records])
 
 
@@ -42,16 +40,16 @@ def list_jobs(
 )
 def get_job(
     job_id: JobId,
-    state: Annotated[AppState, Depends(get_state)],
-    _role: Annotated[str, Depends(require_inspect)],
+    state: StateDep,
+    _role: InspectRole,
+    lineage: LineageDep,
 ) -> Job:
     """`succeeded` means the version is written and activated; gateways load it a moment later.
     `version_active` says whether it is still the registry's active version, `version_serving`
     whether this gateway already answers with it (wait for that before inspecting)."""
-    registry, jobs = require_lineage(state)
     with redis_or_503("read the job"):
-        record = job_record(jobs, job_id)
-        active = registry.active() if record.version else None
+        record = job_record(lineage.jobs, job_id)
+        active = lineage.registry.active() if record.version else None
     return Job.of(
         record,
         version_active=record.version is not None and active is not None and active.version == record.version,
@@ -76,12 +74,13 @@ def get_job(
 async def retry_job(
     job_id: JobId,
     request: Request,
-    state: Annotated[AppState, Depends(get_state)],
-    _role: Annotated[str, Depends(require_operator)],
+    state: StateDep,
+    _role: OperatorRole,
+    lineage: LineageDep,
 ) -> JSONResponse:
     """A new job (its own id, `options.retry_of` naming this one) is queued on the samples the
     failed job stored; they are kept `IUMAD_FAILED_SAMPLES_KEEP_HOURS` after a failure."""
-    record = await retry_enrolment(state, job_id)
+    record = await retry_enrolment(state.settings, lineage, job_id)
     status_url = str(request.url_for("get_job", job_id=record.id))
     body = Job.of(record)
     return JSONResponse(body.model_dump(), status_code=202, headers={"Location": status_url})
@@ -95,12 +94,12 @@ async def retry_job(
 )
 def cancel_job(
     job_id: JobId,
-    state: Annotated[AppState, Depends(get_state)],
-    _role: Annotated[str, Depends(require_operator)],
+    state: StateDep,
+    _role: OperatorRole,
+    lineage: LineageDep,
 ) -> Job:
-    registry, jobs = require_lineage(state)
     with redis_or_503("cancel the job"):
         record = cancel_enrolment(
-            jobs, registry, state.settings.samples_dir, job_id, state.settings.cancel_grace_s
+            lineage.jobs, lineage.registry, state.settings.samples_dir, job_id, state.settings.cancel_grace_s
         )
     return Job.of(record)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Path
 
 from model.checkpoint import MANIFEST_FILE, Manifest, read_manifest
 from model.errors import CheckpointError, NotFoundError
-from service.auth import require_inspect, require_operator
+from service.deps import InspectRole, LineageDep, OperatorRole, StateDep
 from service.errors import NothingEnrolledError, ServiceUnavailableError
-from service.lineage import redis_or_503, require_lineage
+from service.lineage import redis_or_503
 from service.schemas import VERSION_PATTERN, Activation, ActivePointer, ModelInfo, ModelList
-from service.state import AppState, find_active_version, get_state
+from service.state import AppState, find_active_version
 from store.registry import scan_versions, version_status
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -47,9 +47,7 @@ def _active_name(state: AppState) -> str | None:
 
 
 @router.get("", response_model=ModelList, summary="List the model versions")
-def list_models(
-    state: Annotated[AppState, Depends(get_state)], _role: Annotated[str, Depends(require_inspect)]
-) -> ModelList:
+def list_models(state: StateDep, _role: InspectRole) -> ModelList:
     active, serving = _active_name(state), state.runtime.version
     scan = scan_versions(state.settings.models_dir)
     models = [model_info(manifest, active, serving) for manifest in scan.manifests]
@@ -64,9 +62,7 @@ def list_models(
     summary="The active model version",
     responses={409: {"description": "Nothing enrolled yet."}},
 )
-def active_model(
-    state: Annotated[AppState, Depends(get_state)], _role: Annotated[str, Depends(require_inspect)]
-) -> ModelInfo:
+def active_model(state: StateDep, _role: InspectRole) -> ModelInfo:
     """The version the active pointer names (whether this gateway serves it yet is in `serving`)."""
     active = find_active_version(state.settings, state.registry)
     if active is None:
@@ -86,8 +82,8 @@ def active_model(
 )
 def get_model(
     version: VersionName,
-    state: Annotated[AppState, Depends(get_state)],
-    _role: Annotated[str, Depends(require_inspect)],
+    state: StateDep,
+    _role: InspectRole,
 ) -> ModelInfo:
     directory = state.settings.models_dir / version
     if not (directory / MANIFEST_FILE).is_file():
@@ -108,12 +104,13 @@ def get_model(
 )
 def activate_model(
     version: VersionName,
-    state: Annotated[AppState, Depends(get_state)],
-    _role: Annotated[str, Depends(require_operator)],
+    state: StateDep,
+    _role: OperatorRole,
+    lineage: LineageDep,
     expected_sequence: int | None = None,
 ) -> Activation:
     """Points every gateway at `version`; each loads and warms it, then swaps (see `serving` in /readyz)."""
-    registry, _ = require_lineage(state)
+    registry = lineage.registry
     registry.verify(version)  # never point the fleet at files that cannot load
     with redis_or_503("activate a model version"):
         active = registry.activate(

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Path
 
 from model.checkpoint import ObjectRecord
 from model.inference import InspectionModel
-from service.auth import require_inspect, require_operator
+from service.deps import InspectRole, OperatorRole, StateDep
 from service.schemas import OBJECT_NAME_PATTERN, ObjectInfo, ObjectList, ThresholdUpdate
-from service.state import AppState, get_state
+from service.state import AppState
 
 router = APIRouter(prefix="/objects", tags=["objects"])
 
@@ -41,9 +41,7 @@ def _serving_model(state: AppState) -> InspectionModel:
 
 
 @router.get("", response_model=ObjectList, summary="List the enrolled objects")
-def list_objects(
-    state: Annotated[AppState, Depends(get_state)], _role: Annotated[str, Depends(require_inspect)]
-) -> ObjectList:
+def list_objects(state: StateDep, _role: InspectRole) -> ObjectList:
     model = state.runtime.model
     if model is None:
         return ObjectList(model_version=None, objects=[])
@@ -62,8 +60,8 @@ def list_objects(
 )
 def get_object(
     name: ObjectName,
-    state: Annotated[AppState, Depends(get_state)],
-    _role: Annotated[str, Depends(require_inspect)],
+    state: StateDep,
+    _role: InspectRole,
 ) -> ObjectInfo:
     model = _serving_model(state)
     record = model.object(name)
@@ -79,8 +77,8 @@ def get_object(
 def update_object(
     name: ObjectName,
     update: ThresholdUpdate,
-    state: Annotated[AppState, Depends(get_state)],
-    _role: Annotated[str, Depends(require_operator)],
+    state: StateDep,
+    _role: OperatorRole,
 ) -> ObjectInfo:
     """The override applies to every model version (also future ones) until changed; null clears it."""
     model = _serving_model(state)

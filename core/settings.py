@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -12,6 +13,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from model.data.decode import DEFAULT_MAX_DEPTH_BYTES, DEFAULT_MAX_PIXELS
 from model.errors import InputError
 from model.network.presets import ANCHOR_WEIGHT, PRESETS, SHIPPED_PRESET, preset_config
+
+# Network fields that were once settings of their own; the preset + IUMAD_NETWORK_CONFIG own them now.
+RETIRED_NETWORK_VARIABLES = {"IUMAD_BACKBONE": "backbone", "IUMAD_IMAGE_SIZE": "image_size"}
 
 
 class Settings(BaseSettings):
@@ -30,9 +34,7 @@ class Settings(BaseSettings):
     )
     queue_name: str = "iumad-training"
 
-    backbone: str = "tf_efficientnet_lite0"
     backbone_weights: Path | None = Field(None, description="Weights file (safetensors or timm state dict).")
-    image_size: int = 224
     device: Literal["auto", "cpu", "cuda"] = "auto"
     inference_backend: Literal["auto", "torch", "onnxruntime"] = Field(
         "auto",
@@ -169,6 +171,12 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _valid_network(self) -> Settings:
         """A bad IUMAD_NETWORK_CONFIG stops the process at start-up, not the first enrolment."""
+        for retired, field_name in RETIRED_NETWORK_VARIABLES.items():
+            if retired in os.environ:
+                raise ValueError(
+                    f"{retired} is retired: the network's fields have one home, set "
+                    f"IUMAD_NETWORK_CONFIG='{{\"{field_name}\": ...}}' instead"
+                )
         try:
             preset_config(self.network_preset, **self.network_config)
         except InputError as error:
