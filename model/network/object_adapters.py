@@ -38,6 +38,15 @@ def per_sample_linear(
     return torch.bmm(tokens, weights[objects].transpose(1, 2)) + biases[objects][:, None, :]
 
 
+def _only_object(objects: torch.Tensor) -> int | None:
+    """The one label every sample has, or None for a mixed batch (and always while exporting, so
+    the exported graph serves any mix)."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or objects.numel() == 0:
+        return None
+    first = objects[0]
+    return int(first) if bool((objects == first).all()) else None
+
+
 class ObjectAdapters(nn.Module):
     """Every object's adapter at one place in a branch; `forward` applies each sample's own.
 
@@ -75,6 +84,21 @@ class ObjectAdapters(nn.Module):
         tokens = grid.reshape(batch, height * width, dim)
         if self.residual:
             tokens = F.layer_norm(tokens, (self.dim,))
+        only = _only_object(objects)
+        if only is None:
+            change = self._per_sample(tokens, objects)
+        else:
+            change = self._one_object(tokens, self.objects[only])
+        change = change.reshape(batch, height, width, self.out_dim)
+        return grid + change if self.residual else change
+
+    def _one_object(self, tokens: torch.Tensor, adapter: Adapter) -> torch.Tensor:
+        """Every sample is the same object's (an incremental step's batches, one object's
+        inspections): two plain linear layers instead of gathering one weight copy per sample."""
+        hidden = adapter.down(tokens)
+        return adapter.up(F.gelu(hidden) if self.residual else hidden)
+
+    def _per_sample(self, tokens: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
         hidden = per_sample_linear(
             tokens,
             torch.stack([a.down.weight for a in self.objects]),
@@ -83,13 +107,12 @@ class ObjectAdapters(nn.Module):
         )
         if self.residual:
             hidden = F.gelu(hidden)
-        change = per_sample_linear(
+        return per_sample_linear(
             hidden,
             torch.stack([a.up.weight for a in self.objects]),
             torch.stack([a.up.bias for a in self.objects]),
             objects,
-        ).reshape(batch, height, width, self.out_dim)
-        return grid + change if self.residual else change
+        )
 
     def parameters_of(self, first: int) -> list[nn.Parameter]:
         """The parameters of objects `first`, `first + 1`, ... (the ones an incremental step trains)."""
