@@ -153,6 +153,12 @@ class Settings(BaseSettings):
         1024, gt=0, description="Decision log files beyond this go, oldest first."
     )
     decision_log_max_age_days: int = Field(365, gt=0, description="Decision log files older than this go.")
+    feedback_max_mb: int = Field(
+        1024,
+        gt=0,
+        description="Operators' corrections with their images (store/feedback.py) up to this; beyond "
+        "it a new correction is refused (409) until corrections are used by a refinement or discarded.",
+    )
 
     @field_validator("data_dir")
     @classmethod
@@ -203,6 +209,10 @@ class Settings(BaseSettings):
     @property
     def samples_dir(self) -> Path:
         return self.data_dir / "samples"
+
+    @property
+    def feedback_dir(self) -> Path:
+        return self.data_dir / "feedback"
 
 
 def redacted_url(url: str) -> str:

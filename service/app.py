@@ -30,12 +30,13 @@ from service.limits import UploadLimitMiddleware
 from service.lineage import Lineage
 from service.metrics import expose_without_created_series
 from service.request_context import RequestIdMiddleware
-from service.routes import dashboard, enrolment, health, inspect, jobs, models, objects
+from service.routes import dashboard, enrolment, feedback, health, inspect, jobs, models, objects
 from service.runtime import ModelRuntime
 from service.scoring import SCORE_FORMULA, SPREAD_RULE
 from service.state import ACTIVE_FILE, AppState, find_active_version
 from service.thresholds import open_threshold_store
 from store.connection import connect_redis
+from store.feedback import FeedbackStore
 from store.job_store import RESERVATION_TTL_S
 from store.samples import remove_idle_folders
 
@@ -98,6 +99,7 @@ def start_state(settings: Settings, redis: Any | None = None) -> AppState:
         runtime=runtime,
         thresholds=open_threshold_store(settings.data_dir, redis),
         decisions=decisions,
+        feedback=FeedbackStore(settings.feedback_dir, settings.feedback_max_mb * 1024 * 1024),
         decode_pool=ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="iumad-decode"),
         ingest_pool=background_processes(settings.max_concurrent_enrolments),
         lineage=Lineage.connect(redis, settings) if redis is not None else None,
@@ -159,6 +161,7 @@ def create_app(settings: Settings | None = None, redis: Any | None = None) -> Fa
     app.include_router(health.router)
     app.include_router(enrolment.router)
     app.include_router(jobs.router)
+    app.include_router(feedback.router)
     app.include_router(dashboard.router)
     # Starlette runs the last added middleware first: request id outermost, so even a 413 carries it.
     app.add_middleware(

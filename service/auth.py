@@ -9,8 +9,10 @@ nearly matched. The dependencies are `async def` although they never await: Fast
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import Security
@@ -69,6 +71,29 @@ def role_of(settings: Settings, api_key: str | None) -> Role:
     if _matches_any(api_key, settings.inspect_api_keys):
         return "inspect"
     raise UnauthorizedError("unknown API key")
+
+
+def key_id(api_key: str | None) -> str:
+    """Who sent a request, fit to store and show: a fingerprint of the key, never the key.
+    "anonymous" when auth is off."""
+    if not api_key:
+        return "anonymous"
+    return "key-" + hashlib.sha256(api_key.encode("utf-8")).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Caller:
+    role: Role
+    key_id: str
+
+
+async def require_operator_caller(
+    state: StateDep,
+    api_key: Annotated[str | None, Security(api_key_header)] = None,
+) -> Caller:
+    """An operator, with the id of the key it used (for what it records, e.g. a correction)."""
+    role = await require_operator(state, api_key)
+    return Caller(role, key_id(api_key if role != "anonymous" else None))
 
 
 async def require_inspect(

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
+import os
 import queue
 import shutil
 import threading
@@ -45,6 +47,14 @@ class DecisionRecord:
     threshold: float
     decision: str  # "pass" | "fail"
     latency_ms: float
+
+
+@dataclass(frozen=True)
+class LoggedDecision:
+    """A decision as the log holds it, and the rejected part's kept files by role (paths)."""
+
+    record: DecisionRecord
+    kept_images: dict[str, Path]
 
 
 @dataclass(frozen=True)
@@ -121,6 +131,27 @@ class DecisionLog:
             log.error("decision log writer is stuck; closing without the pending records")
         self._thread.join(timeout)
         self._thread = None
+
+    def find(self, request_id: str) -> LoggedDecision | None:
+        """The latest decision logged under `request_id`, or None. Searches the log files newest
+        first (a correction usually comes minutes after its inspection, so the first part hits);
+        blocking disk work, for a thread. The log's own limits bound how far back it can look."""
+        self.flush()
+        needle = f'{{"request_id": {json.dumps(request_id)}, '.encode()
+        for path in sorted(self.directory.glob("decisions-*.jsonl"), key=_log_order, reverse=True):
+            line = _last_line_starting(path, needle)
+            if line is not None:
+                return self._logged(json.loads(line))
+        return None
+
+    def _logged(self, line: dict) -> LoggedDecision:
+        kept = {}
+        for relative in line.pop("kept_images", []):
+            path = self.rejected_directory / relative if self.rejected_directory else None
+            if path is not None and path.is_file():
+                kept[Path(relative).stem.rsplit("_", 1)[-1]] = path
+        fields = {name: line[name] for name in DecisionRecord.__dataclass_fields__}
+        return LoggedDecision(DecisionRecord(**fields), kept)
 
     # --- the writer thread ---------------------------------------------------------------------------
 
@@ -242,6 +273,28 @@ def prune_files(root: Path, max_age_s: float, max_bytes: int, keep: set[Path] | 
         if folder.is_dir() and not any(folder.iterdir()):
             shutil.rmtree(folder, ignore_errors=True)
     return total
+
+
+def _log_order(path: Path) -> tuple[str, int]:
+    """decisions-DAY.jsonl, decisions-DAY.1.jsonl, ...: by day, then part."""
+    day, _, part = path.name[len("decisions-") : -len(".jsonl")].partition(".")
+    return day, int(part) if part.isdigit() else 0
+
+
+def _last_line_starting(path: Path, prefix: bytes) -> bytes | None:
+    try:
+        with path.open("rb") as handle:
+            if os.fstat(handle.fileno()).st_size == 0:
+                return None
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                at = data.rfind(b"\n" + prefix)
+                start = at + 1 if at >= 0 else (0 if data[: len(prefix)] == prefix else -1)
+                if start < 0:
+                    return None
+                end = data.find(b"\n", start)
+                return data[start : end if end >= 0 else len(data)]
+    except FileNotFoundError:  # pruned meanwhile
+        return None
 
 
 def utc_now_iso() -> str:

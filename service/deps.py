@@ -11,12 +11,12 @@ from typing import Annotated
 
 from fastapi import Depends
 
-from service.auth import Role, require_inspect, require_operator
+from service.auth import Caller, Role, require_inspect, require_operator, require_operator_caller
 from service.errors import ServiceUnavailableError
 from service.lineage import Lineage
 from service.state import StateDep
 
-__all__ = ["InspectRole", "LineageDep", "OperatorRole", "StateDep"]
+__all__ = ["InspectRole", "LineageDep", "OperatorCaller", "OperatorRole", "StateDep"]
 
 NO_REDIS_RETRY_AFTER_S = 60
 
@@ -32,4 +32,5 @@ async def get_lineage(state: StateDep) -> Lineage:
 
 InspectRole = Annotated[Role, Depends(require_inspect)]  # cameras and operators
 OperatorRole = Annotated[Role, Depends(require_operator)]  # operators only
+OperatorCaller = Annotated[Caller, Depends(require_operator_caller)]  # operators, and which key
 LineageDep = Annotated[Lineage, Depends(get_lineage)]

@@ -47,7 +47,7 @@ def reserve_object(jobs: JobStore, object_name: str, job_id: str) -> None:
     if holder is None:
         return
     record = jobs.get(holder)
-    what = f"a {record.status} enrolment job" if record is not None else "an enrolment upload in progress"
+    what = f"a {record.status} {record.kind} job" if record is not None else "an enrolment upload in progress"
     raise ConflictError(
         f"object {object_name!r} already has {what} ({holder}); "
         f"wait for it or cancel it (POST /jobs/{holder}/cancel)"
@@ -108,6 +108,11 @@ async def retry_enrolment(settings: Settings, lineage: Lineage, job_id: str) -> 
         failed = await run_in_threadpool(job_record, jobs, job_id)
     if failed.status != "failed":
         raise ConflictError(f"job {job_id} is {failed.status}; only a failed job can be retried")
+    if failed.kind == "refinement":
+        raise ConflictError(
+            f"job {job_id} was a refinement: refine again with POST /objects/{failed.object}/refine "
+            "(its corrections are still pending)"
+        )
     new_id = new_job_id()
     with redis_or_503("retry the job"):
         await run_in_threadpool(reserve_object, jobs, failed.object, new_id)

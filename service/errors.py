@@ -31,6 +31,7 @@ from model.errors import (
 )
 from service.request_context import current_request_id
 from store.archives import ArchiveTooLargeError, UnsafeArchiveError
+from store.feedback import CorrectionImagesError
 from store.pairing import SamplesRejectedError
 from store.samples import EnrolmentInputError
 
@@ -122,6 +123,7 @@ STATUS_OF_KIND: dict[type[IumadError], int] = {
     EnrolmentInputError: 422,
     UnsafeArchiveError: 422,
     SamplesRejectedError: 422,
+    CorrectionImagesError: 422,
     ValidationFailedError: 422,
     BodyTimeoutError: 408,
     UnauthorizedError: 401,

@@ -111,6 +111,14 @@ DECISION_LOG_DROPPED = Counter(
     "Decision-log records dropped because the writer fell behind or could not write.",
     registry=REGISTRY,
 )
+CORRECTIONS = Counter(
+    "iumad_corrections",
+    "Operators' verdicts on inspections, by object and verdict (good = a false reject, defective = "
+    "a confirmed or missed defect); a verdict sent again for the same inspection counts again.",
+    ["object", "verdict"],
+    registry=REGISTRY,
+)
+
 REJECTED_IMAGES_KEPT = Counter(
     "iumad_rejected_images_kept",
     "Rejected parts whose images were stored for review.",

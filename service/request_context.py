@@ -7,16 +7,15 @@ in the decode pool threads, which run with a copy of the request's context.
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from contextvars import ContextVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.names import is_request_id
+
 REQUEST_ID_HEADER = "x-request-id"
-# Ids end up in log lines and file names (kept rejected images): a conservative alphabet.
-_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 _request_id: ContextVar[str | None] = ContextVar("iumad_request_id", default=None)
 access_log = logging.getLogger("service.access")
@@ -32,7 +31,7 @@ def new_request_id() -> str:
 
 def request_id_from_header(value: str | None) -> str:
     """The client's id when it is a plain token, else a new one (never trust it into a path)."""
-    if value and _SAFE_REQUEST_ID.match(value):
+    if value and is_request_id(value):  # ids end up in log lines and file names
         return value
     return new_request_id()
 

@@ -10,7 +10,7 @@ from core.names import OBJECT_NAME_ANCHORED, VERSION_NAME_ANCHORED
 from model.checkpoint import DEFAULT_FALSE_REJECT_RATE
 from model.inference import ObjectSource
 from service.scoring import SCORE_FORMULA, SPREAD_RULE
-from store.job_store import JobRecord, JobState
+from store.job_store import JobKind, JobRecord, JobState
 from store.registry import VersionStatus
 
 OBJECT_NAME_PATTERN = OBJECT_NAME_ANCHORED
@@ -204,9 +204,13 @@ class EnrolmentAccepted(BaseModel):
 
 
 class Job(BaseModel):
-    """An enrolment job's record (`GET /jobs/{id}` adds whether its version is active and served)."""
+    """A job's record (`GET /jobs/{id}` adds whether its version is active and served)."""
 
     job_id: str
+    kind: JobKind = Field(
+        description="enrolment: a new object (or a replaced one); refinement: an enrolled object "
+        "learning from its operators' corrections (POST /objects/{name}/refine)."
+    )
     object: str
     status: JobState
     progress: float = Field(description="0 to 1.")
@@ -347,3 +351,43 @@ class RecentScores(BaseModel):
     since: str
     per_object: int = Field(description="At most this many scores per object.")
     objects: dict[str, ObjectScores]
+
+
+class CorrectionInfo(BaseModel):
+    """An operator's verdict on one inspection, as stored until a refinement uses it."""
+
+    request_id: str
+    object: str
+    verdict: Literal["good", "defective"] = Field(
+        description="good: the part was fine (a false reject if it failed); defective: it was not "
+        "(a confirmed defect if it failed, a missed one if it passed)."
+    )
+    kind: Literal["false_reject", "confirmed_defect", "missed_defect", "confirmed_good"] = Field(
+        description="The verdict read against the decision the gateway gave."
+    )
+    decision: Literal["pass", "fail"] = Field(description="What the gateway answered.")
+    model_version: str = Field(description="The model version that answered the inspection.")
+    score: float
+    raw_score: float
+    threshold: float
+    inspected_at: str
+    marked_by: str = Field(description="The operator key's id (a fingerprint), never the key.")
+    marked_at: str
+    images: list[str] = Field(description="The roles of the stored images (rgb, depth).")
+    images_source: Literal["kept", "attached"] = Field(
+        description="kept: the gateway's copy of a rejected part; attached: sent with the verdict."
+    )
+
+
+class CorrectionList(BaseModel):
+    object: str
+    pending: list[CorrectionInfo] = Field(
+        description="Corrections not yet used by a refinement, oldest first."
+    )
+    counts: dict[str, int] = Field(description="Pending corrections by verdict.")
+
+
+class RefineRequest(BaseModel):
+    max_minutes: float | None = Field(
+        None, gt=0.0, le=24 * 60, description="Time budget of the job (default: IUMAD_ENROLL_MAX_MINUTES)."
+    )

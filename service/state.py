@@ -24,6 +24,7 @@ from service.lineage import Lineage
 from service.recent import RecentInspections
 from service.runtime import ModelRuntime
 from service.thresholds import ThresholdStore
+from store.feedback import FeedbackStore
 from store.registry import ModelRegistry
 
 ACTIVE_FILE = "ACTIVE"
@@ -35,6 +36,7 @@ class AppState:
     runtime: ModelRuntime
     thresholds: ThresholdStore
     decisions: DecisionLog
+    feedback: FeedbackStore  # operators' corrections, until a refinement uses them
     decode_pool: ThreadPoolExecutor
     ingest_pool: BackgroundProcesses  # enrolment ingest, at the lowest CPU priority
     lineage: Lineage | None = None  # registry and job records in Redis; None = no enrolment

@@ -60,3 +60,32 @@ class EnrolmentSpec:
         if "enrolment_id" not in given and "enrolment" in given:  # queued before version 1 had a name
             given["enrolment_id"] = str(given["enrolment"]).partition("/")[2]
         return cls(**{name: value for name, value in given.items() if name in known})
+
+
+@dataclass(frozen=True)
+class RefinementSpec:
+    """A refinement job (`POST /objects/{name}/refine`): which object, and which of its pending
+    corrections (request ids, fixed when the job is queued: later ones wait for the next)."""
+
+    object: str
+    job_id: str
+    max_minutes: float
+    corrections: tuple[str, ...]
+
+    def options(self) -> dict[str, Any]:
+        return {"max_minutes": self.max_minutes, "corrections": len(self.corrections)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spec_version": SPEC_VERSION, **asdict(self), "corrections": list(self.corrections)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RefinementSpec:
+        version = values.get("spec_version", SPEC_VERSION)
+        if version != SPEC_VERSION:
+            raise InputError(f"refinement spec version {version} is not {SPEC_VERSION}: upgrade this worker")
+        return cls(
+            object=values["object"],
+            job_id=values["job_id"],
+            max_minutes=float(values["max_minutes"]),
+            corrections=tuple(values["corrections"]),
+        )

@@ -26,6 +26,7 @@ from store.connection import DELETE_IF_EQUAL, text, text_fields
 JOB_SERIALIZER = JSONSerializer
 
 JobState = Literal["queued", "running", "succeeded", "failed", "canceled", "needs_review"]
+JobKind = Literal["enrolment", "refinement"]  # a new object's step, or an enrolled object's refinement
 STATES: tuple[str, ...] = get_args(JobState)
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "needs_review"})
 JSON_FIELDS = ("timings", "metrics", "enrolment", "options", "guard")
@@ -76,6 +77,7 @@ class JobRecord:
     enrolment: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     guard: dict[str, Any] = field(default_factory=dict)
+    kind: JobKind = "enrolment"
 
     @property
     def finished(self) -> bool:
@@ -84,6 +86,7 @@ class JobRecord:
     def to_dict(self) -> dict[str, Any]:
         return {
             "job_id": self.id,
+            "kind": self.kind,
             "object": self.object,
             "status": self.status,
             "progress": round(self.progress, 4),
@@ -164,11 +167,18 @@ class JobStore:
     # ------------------------------------------------------------------------------- writing
 
     def create(
-        self, job_id: str, object_name: str, replace: bool, enrolment: dict[str, Any], options: dict[str, Any]
+        self,
+        job_id: str,
+        object_name: str,
+        replace: bool,
+        enrolment: dict[str, Any],
+        options: dict[str, Any],
+        kind: JobKind = "enrolment",
     ) -> JobRecord:
         now = time.time()
         record = JobRecord(
             id=job_id,
+            kind=kind,
             object=object_name,
             status="queued",
             stage="queued",
@@ -184,6 +194,7 @@ class JobStore:
                 mapping=self._encode(
                     {
                         "id": job_id,
+                        "kind": kind,
                         "object": object_name,
                         "status": "queued",
                         "progress": 0.0,
@@ -294,6 +305,7 @@ class JobStore:
 
         return JobRecord(
             id=values.get("id", ""),
+            kind="refinement" if values.get("kind") == "refinement" else "enrolment",
             object=values.get("object", ""),
             status=_state(values.get("status", "queued")),
             progress=float(values.get("progress") or 0.0),

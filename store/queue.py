@@ -24,7 +24,7 @@ from rq.job import Job, JobStatus
 
 from core.settings import Settings
 from model.errors import ConflictError, NotFoundError
-from store.job_spec import EnrolmentSpec
+from store.job_spec import EnrolmentSpec, RefinementSpec
 from store.job_store import JOB_SERIALIZER, JobRecord, JobStore
 from store.registry import ActiveVersion, ModelRegistry
 from store.samples import StoredEnrolment, discard_enrolment
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # What a worker runs for a queued enrolment: `workers.jobs.enroll_object` (a name on the wire, so the
 # gateway never imports it; tests/test_architecture.py checks that the name finds the function).
 ENROLMENT_JOB = "workers.jobs.enroll_object"
+REFINEMENT_JOB = "workers.jobs.refine_object"  # the same for `POST /objects/{name}/refine`
 RESULT_TTL_S = 7 * 24 * 3600
 FAILURE_TTL_S = 30 * 24 * 3600
 
@@ -43,18 +44,24 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def enqueue_enrolment(redis: Redis, settings: Settings, job_id: str, spec: EnrolmentSpec) -> None:
-    """Put an enrolment on the queue with an explicit timeout (rq's default is three minutes)."""
+def _enqueue(
+    redis: Redis, settings: Settings, function: str, job_id: str, spec: dict, description: str
+) -> None:
+    """Put a job on the queue with an explicit timeout (rq's default is three minutes)."""
     queue = Queue(settings.queue_name, connection=redis, serializer=JOB_SERIALIZER)
     queue.enqueue(
-        ENROLMENT_JOB,
-        spec.to_dict(),
+        function,
+        spec,
         job_id=job_id,
         job_timeout=settings.job_timeout_s,
         result_ttl=RESULT_TTL_S,
         failure_ttl=FAILURE_TTL_S,
-        description=f"enrol {spec.object}",
+        description=description,
     )
+
+
+def enqueue_enrolment(redis: Redis, settings: Settings, job_id: str, spec: EnrolmentSpec) -> None:
+    _enqueue(redis, settings, ENROLMENT_JOB, job_id, spec.to_dict(), f"enrol {spec.object}")
 
 
 def submit_enrolment(
@@ -70,6 +77,19 @@ def submit_enrolment(
     except BaseException:
         with contextlib.suppress(RedisError):
             jobs.delete(job_id)
+        raise
+    return record
+
+
+def submit_refinement(jobs: JobStore, settings: Settings, spec: RefinementSpec) -> JobRecord:
+    """Record and enqueue a refinement (the caller holds the object's reservation under `spec.job_id`)."""
+    summary = {"corrections": len(spec.corrections)}
+    record = jobs.create(spec.job_id, spec.object, False, summary, spec.options(), kind="refinement")
+    try:
+        _enqueue(jobs.redis, settings, REFINEMENT_JOB, spec.job_id, spec.to_dict(), f"refine {spec.object}")
+    except BaseException:
+        with contextlib.suppress(RedisError):
+            jobs.delete(spec.job_id)
         raise
     return record
 

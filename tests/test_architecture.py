@@ -55,11 +55,12 @@ def test_the_release_version_is_written_once_for_the_package_and_the_api() -> No
     assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"] == __version__
 
 
-def test_the_queued_job_name_is_the_workers_entry_point() -> None:
-    from store.queue import ENROLMENT_JOB
-    from workers.jobs import enroll_object
+def test_the_queued_job_names_are_the_workers_entry_points() -> None:
+    from store.queue import ENROLMENT_JOB, REFINEMENT_JOB
+    from workers.jobs import enroll_object, refine_object
 
     assert f"{enroll_object.__module__}.{enroll_object.__qualname__}" == ENROLMENT_JOB
+    assert f"{refine_object.__module__}.{refine_object.__qualname__}" == REFINEMENT_JOB
 
 
 def test_error_kinds_carry_no_http_status_and_the_gateway_maps_every_kind() -> None:

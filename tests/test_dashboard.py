@@ -377,6 +377,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
         # An AUROC drop is never below -1: every incremental step goes to review, so the page's review
         # (the guard's numbers, Activate, Discard) is seen every time, not only when the tiny model forgets.
         IUMAD_FORGETTING_MARGIN="-1",
+        IUMAD_KEEP_REJECTED_IMAGES="true",  # a rejected part's card can be marked good at once
     )
     gateway, url = start_gateway(env, base / "gateway.log")
     playwright = sync_api.sync_playwright().start()
@@ -647,6 +648,62 @@ def test_enrol_a_second_object_from_an_archive_and_roll_back(session: Browser) -
     assert "is active" in page.inner_text("#models-message")
     page.wait_for_selector(f'#models-table tr[data-version="{session.versions[0]}"] .badge.info')  # serving
     session.screenshot("models")
+
+
+@pytest.mark.slow
+def test_mark_a_false_reject_good_in_live_and_refine_in_objects(session: Browser) -> None:
+    page = session.page
+    folder = session.synthetic / "disc" / "test" / "good"
+    rgb, depth = read_rgb(folder / "rgb" / "001.png"), read_depth(folder / "xyz" / "001.tiff")
+    response = session.api(
+        "POST", "/inspect", data={"object": "disc", "threshold": "-1000"}, files=_encode(rgb, depth)
+    )  # a good part failed by a threshold under any score: a false reject
+    assert response.status_code == 200 and response.json()["is_anomalous"], response.text
+    session.tab("live")
+    page.select_option("#live-decision", "fail")
+    card = page.locator("#live-list .inspection.fail").first
+    wait_until(lambda: card.locator(".card-footer").count() == 1, 10, 0.1, "the newest card")
+    card.locator("button.mark-good").click()
+    notice = card.locator(".feedback .notice")
+    wait_until(lambda: "false reject" in notice.inner_text(), 10, 0.1, "the verdict's confirmation")
+    page.select_option("#live-decision", "")
+    pending = session.api("GET", "/objects/disc/feedback").json()
+    assert pending["counts"] == {"good": 1, "defective": 0}
+    assert pending["pending"][0]["request_id"] == response.json()["request_id"]
+
+    session.tab("objects")
+    panel = page.locator('.object-card[data-object="disc"] .corrections')
+    wait_until(lambda: "1 marked good" in panel.inner_text(), 15, 0.2, "the pending corrections")
+    refine = panel.locator("button.refine")
+    refine.click()
+    assert refine.inner_text() == "Click again to refine on these corrections"
+    refine.click()
+    wait_until(
+        lambda: (
+            "Refinement queued"
+            in page.locator('.object-card[data-object="disc"] [role="alert"]').inner_text()
+        ),
+        10,
+        0.1,
+        "the queued message",
+    )
+
+    def refinement() -> dict | None:
+        jobs = [j for j in session.api("GET", "/jobs?limit=5").json()["jobs"] if j["kind"] == "refinement"]
+        return jobs[0] if jobs and jobs[0]["status"] not in ("queued", "running") else None
+
+    job = wait_until(refinement, 150, 0.5, "the refinement job")
+    assert job["status"] == "succeeded", job["message"]  # disc is the only object after the rollback
+    result = page.locator('.object-card[data-object="disc"] .refinement-result')
+    wait_until(
+        lambda: result.count() == 1 and "false rejects on the parts marked good" in result.inner_text(),
+        20,
+        0.2,
+        "the before/after summary",
+    )
+    assert job["version"] in result.inner_text()
+    wait_until(lambda: "0 marked good" in panel.inner_text(), 15, 0.2, "the used correction gone")
+    session.screenshot("objects-refinement")
 
 
 @pytest.mark.slow

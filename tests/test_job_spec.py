@@ -8,7 +8,7 @@ import pytest
 
 from model.checkpoint import DEFAULT_FALSE_REJECT_RATE
 from model.errors import InputError
-from store.job_spec import SPEC_VERSION, EnrolmentSpec
+from store.job_spec import SPEC_VERSION, EnrolmentSpec, RefinementSpec
 from store.job_store import JobRecord
 
 
@@ -48,3 +48,12 @@ def test_a_retry_keeps_the_failed_jobs_options_and_names_it() -> None:
     assert (retry.enrolment_id, retry.retry_of, retry.replace) == ("new", "old", True)
     assert (retry.max_minutes, retry.target_false_reject_rate) == (2.0, 0.05)
     assert retry.options()["retry_of"] == "old" and "retry_of" not in first.options()
+
+
+def test_a_refinement_spec_survives_the_json_trip_and_names_its_corrections() -> None:
+    spec = RefinementSpec("disc", "job1", max_minutes=3.0, corrections=("r1", "r2"))
+    wire = json.loads(json.dumps(spec.to_dict()))
+    assert wire["corrections"] == ["r1", "r2"] and RefinementSpec.from_dict(wire) == spec
+    assert spec.options() == {"max_minutes": 3.0, "corrections": 2}
+    with pytest.raises(InputError, match="upgrade this worker"):
+        RefinementSpec.from_dict(wire | {"spec_version": SPEC_VERSION + 1})

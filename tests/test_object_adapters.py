@@ -50,7 +50,6 @@ def test_each_sample_goes_through_its_own_objects_adapter():
     assert not torch.allclose(adapters(grid[:1], torch.tensor([0])), adapters(grid[:1], torch.tensor([1])))
 
 
-
 @pytest.mark.parametrize("residual", [True, False])
 def test_a_batch_of_one_object_takes_its_adapter_alone_and_trains_only_it(residual):
     adapters = ObjectAdapters(8, 2, num_objects=3, out_dim=None if residual else 5, residual=residual)
@@ -62,6 +61,7 @@ def test_a_batch_of_one_object_takes_its_adapter_alone_and_trains_only_it(residu
     one_object.square().sum().backward()
     trained = [index for index, adapter in enumerate(adapters.objects) if adapter.up.weight.grad is not None]
     assert trained == [1]
+
 
 def test_growing_keeps_the_old_objects_adapters_and_adds_identities():
     adapters = ObjectAdapters(8, 2, num_objects=2)

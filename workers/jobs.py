@@ -28,7 +28,8 @@ from redis.exceptions import RedisError as RedisClientError
 from core.lifetime import die_with_parent
 from core.settings import Settings, get_settings
 from model.errors import ConflictError, InputError, IumadError
-from store.job_spec import EnrolmentSpec
+from store.feedback import FeedbackStore, correction_source
+from store.job_spec import EnrolmentSpec, RefinementSpec
 from store.job_store import JobStore
 from store.lineage_lock import LINEAGE_LOCK_TTL_S, LineageLock, lineage_lock_key
 from store.registry import ActiveVersion, ModelRegistry, StaleActivationError
@@ -92,7 +93,9 @@ class StepPlan:
 class EnrolmentRun:
     """Everything one job needs, so the steps below stay short and readable."""
 
-    def __init__(self, settings: Settings, redis: Redis, job_id: str, spec: EnrolmentSpec) -> None:
+    def __init__(
+        self, settings: Settings, redis: Redis, job_id: str, spec: EnrolmentSpec | RefinementSpec
+    ) -> None:
         self.settings = settings
         self.redis = redis
         self.job_id = job_id
@@ -212,9 +215,22 @@ class EnrolmentRun:
         # so that a client who sees the state sees the cleanup done. A failed job's samples stay for a
         # retry (POST /jobs/{id}/retry); the worker removes them after IUMAD_FAILED_SAMPLES_KEEP_HOURS.
         if status == "canceled":
-            discard_enrolment(self.settings.samples_dir, self.spec.object, self.spec.enrolment_id)
+            self._discard_unused_inputs()
         self.store.finish(self.job_id, status, message, stage=status, timings=self.timings, **fields)
         return {"status": status, "message": message, **{k: v for k, v in fields.items() if k == "version"}}
+
+    def _discard_unused_inputs(self) -> None:
+        """A canceled enrolment's uploaded samples: no version uses them."""
+        discard_enrolment(self.settings.samples_dir, self.spec.object, self.spec.enrolment_id)
+
+    def _activation_reason(self) -> str:
+        return f"enrolled {self.object} (job {self.job_id})"
+
+    def _activated(self) -> None:
+        """After the activation, before the job is reported succeeded (nothing to do here)."""
+
+    def _success_message(self, version: str) -> str:
+        return f"{self.object!r} enrolled; version {version} is active"
 
     def _checkpoint(self, stage: str) -> None:
         if self.should_cancel():
@@ -428,7 +444,7 @@ class EnrolmentRun:
             self.registry.activate(
                 version,
                 expected_sequence=plan.active.sequence if plan.active else 0,
-                reason=f"enrolled {self.object} (job {self.job_id})",
+                reason=self._activation_reason(),
                 job_id=self.job_id,
             )
         except StaleActivationError:
@@ -442,7 +458,8 @@ class EnrolmentRun:
                 **common,
             )
         self.timings["activate_s"] = round(time.perf_counter() - started, 2)
-        return self._finish("succeeded", f"{self.object!r} enrolled; version {version} is active", **common)
+        self._activated()
+        return self._finish("succeeded", self._success_message(version), **common)
 
     def _old_enrolments(self, parent: Any, lineage: dict[str, str]) -> dict[str, StoredEnrolment]:
         if parent is None:
@@ -456,6 +473,83 @@ class EnrolmentRun:
             except InputError as error:
                 log.warning("job %s: stored samples of %r unavailable (%s)", self.job_id, name, error)
         return stored
+
+
+class RefinementRun(EnrolmentRun):
+    """A refinement job: the same lineage step (lock, guard, save, sequence-checked activation) that
+    trains one enrolled object on its stored normals plus its operators' corrections
+    (model/training/refinement.py). Used corrections leave the feedback store once the refined
+    version is active; if it is not (needs review, canceled, failed) they stay pending."""
+
+    spec: RefinementSpec
+
+    def __init__(self, settings: Settings, redis: Redis, job_id: str, spec: RefinementSpec) -> None:
+        super().__init__(settings, redis, job_id, spec)
+        self.feedback = FeedbackStore(settings.feedback_dir, settings.feedback_max_mb * 1024 * 1024)
+        self.marked_good: list[Callable] = []
+        self.defects: list[Callable] = []
+        self.used: list[str] = []
+
+    def _plan(self) -> StepPlan:
+        started = time.perf_counter()
+        self.report(0.01, "loading", "loading the active version, the stored samples and the corrections")
+        from model.inference import InspectionModel
+
+        active = self.registry.active()
+        if active is None:
+            raise ConflictError("nothing is enrolled: there is no object to refine")
+        parent = InspectionModel.load(self.registry.version_dir(active.version))
+        record = parent.object(self.object)
+        lineage = dict(parent.manifest.training.get("samples", {}))
+        if self.object not in lineage:
+            raise InputError(f"object {self.object!r} has no stored samples in {parent.version}'s lineage")
+        stored = load_enrolment(self.settings.samples_dir / lineage[self.object])
+        wanted = set(self.spec.corrections)
+        corrections = [c for c in self.feedback.pending(self.object) if c.request_id in wanted]
+        if not corrections:
+            raise ConflictError(f"the corrections of {self.object!r} this job was queued for were discarded")
+        self.marked_good = [correction_source(self.feedback, c) for c in corrections if c.verdict == "good"]
+        self.defects = [correction_source(self.feedback, c) for c in corrections if c.verdict == "defective"]
+        self.used = [c.request_id for c in corrections]
+        self.timings["load_s"] = round(time.perf_counter() - started, 2)
+        normals = _object_samples(stored, record.target_false_reject_rate)
+        old = self._old_enrolments(parent, lineage)
+        return StepPlan(active, parent, parent, parent.config, [normals], old, lineage, False)
+
+    def _train(self, plan: StepPlan, version: str) -> TrainingResult:
+        from model.training.refinement import refine_version
+
+        assert plan.parent is not None
+        result = refine_version(
+            plan.parent,
+            self.object,
+            plan.objects[0],
+            self.marked_good,
+            self.defects,
+            options=enrolment_training_options(self.settings, self.started, self.deadline),
+            progress=lambda fraction, stage, details: self.report(
+                0.05 + 0.75 * fraction, stage, _describe(stage, details)
+            ),
+            should_cancel=self.should_cancel,
+            version=version,
+        )
+        result.manifest.training["corrections"] = self.used
+        self.timings.update(result.manifest.training.get("timings", {}))
+        return result
+
+    def _activated(self) -> None:
+        """The refined version is active: its corrections are used (a later one waits for the next)."""
+        for request_id in self.used:
+            self.feedback.discard(self.object, request_id)
+
+    def _discard_unused_inputs(self) -> None:
+        """Nothing: a refinement's inputs are the object's stored samples and pending corrections."""
+
+    def _activation_reason(self) -> str:
+        return f"refined {self.object} with {len(self.used)} corrections (job {self.job_id})"
+
+    def _success_message(self, version: str) -> str:
+        return f"{self.object!r} refined with {len(self.used)} corrections; version {version} is active"
 
 
 def _object_samples(stored: StoredEnrolment, target_frr: float) -> ObjectSamples:
@@ -495,7 +589,7 @@ def _job_metrics(manifest: Any, object_name: str) -> dict[str, Any]:
         "stop_reason": manifest.training.get("stop_reason"),
         "converged_at_step": (manifest.training.get("convergence") or {}).get("converged_at_step"),
         "final_loss": curve[-1]["loss"] if curve else None,
-    }
+    } | ({"refinement": manifest.metrics["refinement"]} if "refinement" in manifest.metrics else {})
 
 
 def enroll_object(spec: dict[str, Any]) -> dict[str, Any]:
@@ -507,3 +601,14 @@ def enroll_object(spec: dict[str, Any]) -> dict[str, Any]:
     if job is None:
         raise RuntimeError("enroll_object must run inside an rq worker")
     return EnrolmentRun(get_settings(), job.connection, job.id, EnrolmentSpec.from_dict(spec)).execute()
+
+
+def refine_object(spec: dict[str, Any]) -> dict[str, Any]:
+    """rq entry point of a refinement: `spec` is a `RefinementSpec` as JSON (`store.queue.submit_refinement`)."""
+    from rq import get_current_job
+
+    die_with_parent()
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("refine_object must run inside an rq worker")
+    return RefinementRun(get_settings(), job.connection, job.id, RefinementSpec.from_dict(spec)).execute()

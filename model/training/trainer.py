@@ -111,7 +111,7 @@ def train_version(
         should_cancel=should_cancel,
         progress_span=(0.25, 0.9),
         kept_rows=start.kept_rows,
-        watch=_convergence_watch(features, label_of, options),
+        watch=convergence_watch(features, label_of, options),
     )
     timings["training_s"] = round(time.perf_counter() - started, 2)
 
@@ -173,7 +173,7 @@ def _check_new_objects(
     return old_records
 
 
-def _convergence_watch(
+def convergence_watch(
     features: StepFeatures, label_of: dict[str, int], options: TrainingOptions
 ) -> ConvergenceWatch | None:
     """The new objects' held-out normals, when the step stops on convergence and has any."""
@@ -225,9 +225,10 @@ def _starting_network(
     return StartingNetwork(net, options.incremental_learning_rate, anchor)
 
 
-def _calibrated(
+def calibrated_on(
     net: IUMADNet, config: ModelConfig, features: FeatureSet, label: int, with_depth: bool, target: float
 ) -> ObjectCalibration:
+    """Object `label`'s calibration (normalisation, threshold) on `features`, reconstructed as it."""
     errors, weights = _errors_for(net, features, label)
     if not with_depth:
         weights[:, 1] = 0
@@ -253,7 +254,7 @@ def _recalibrated(
     for record in old_records:
         updated = ObjectRecord(**asdict(record))
         if record.name in retained and not net.has_object_adapters:
-            result = _calibrated(
+            result = calibrated_on(
                 net,
                 config,
                 retained[record.name],
@@ -279,7 +280,7 @@ def _new_record(
 ) -> ObjectRecord:
     """A new object's record, calibrated on its held-out normals (its training samples without any)."""
     calibration_set = features.holdout.get(item.name, features.train[item.name])
-    result = _calibrated(net, config, calibration_set, label, True, item.target_false_reject_rate)
+    result = calibrated_on(net, config, calibration_set, label, True, item.target_false_reject_rate)
     return ObjectRecord(
         name=item.name,
         label=label,

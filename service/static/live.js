@@ -2,7 +2,7 @@
 // thumbnail, the heat map and defect outline over it, score vs threshold and the decision; per-object
 // counters. Thumbnails are fetched with the API key and cached by inspection id (they never change).
 
-import { describeError, getJson, imageUrl } from "./api.js";
+import { describeError, getJson, imageUrl, postJson, upload } from "./api.js";
 import { byId, formatNumber, formatPercent, formatTime, h, notify, viewLifecycle } from "./dom.js";
 
 const REFRESH_MS = 2000;
@@ -96,6 +96,79 @@ function pictureBox(item) {
   return box;
 }
 
+// An operator's verdict on this inspection (POST /inspections/{id}/feedback). A rejected part's
+// images are kept by the gateway (IUMAD_KEEP_REJECTED_IMAGES); for any other part the answer is 409
+// and the card asks for the images to attach.
+const VERDICT_WORDS = {
+  false_reject: "marked good (false reject)",
+  confirmed_good: "marked good",
+  confirmed_defect: "defect confirmed",
+  missed_defect: "missed defect reported",
+};
+
+function feedbackControls(item) {
+  const status = h("p", { class: "notice", hidden: true, role: "status" });
+  const rgb = h("input", { type: "file", accept: "image/*,.tif,.tiff", "aria-label": "RGB image" });
+  const depth = h("input", { type: "file", accept: ".tif,.tiff,.png,.npy", "aria-label": "depth frame" });
+  const attach = h(
+    "form",
+    { class: "attach", hidden: true },
+    h("label", {}, "RGB ", rgb),
+    h("label", {}, "Depth ", depth),
+    h("button", { type: "submit" }, "Send with images"),
+  );
+  let verdict = null;
+
+  const done = (correction) => {
+    attach.hidden = true;
+    notify(status, VERDICT_WORDS[correction.kind] || "recorded", "ok");
+  };
+  const send = async (chosen) => {
+    verdict = chosen;
+    const path = `/inspections/${encodeURIComponent(item.request_id)}/feedback`;
+    try {
+      done(await postJson(path, { verdict }));
+    } catch (error) {
+      if (error.status === 409 && /not kept/.test(error.message)) {
+        attach.hidden = false;
+        notify(status, "Its images were not kept: attach them.", "info");
+      } else {
+        notify(status, describeError(error));
+      }
+    }
+  };
+  attach.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (!rgb.files.length) {
+      notify(status, "Choose the part's RGB image.");
+      return;
+    }
+    const form = new FormData();
+    form.append("verdict", verdict);
+    form.append("rgb", rgb.files[0]);
+    if (depth.files.length) {
+      form.append("depth", depth.files[0]);
+    }
+    try {
+      done(await upload(`/inspections/${encodeURIComponent(item.request_id)}/feedback`, form, () => {}));
+    } catch (error) {
+      notify(status, describeError(error));
+    }
+  });
+  return h(
+    "div",
+    { class: "feedback" },
+    h("button", { type: "button", class: "mark-good", onclick: () => send("good") }, "Mark good"),
+    h(
+      "button",
+      { type: "button", class: "mark-defective", onclick: () => send("defective") },
+      item.decision === "fail" ? "Confirm defect" : "Report defect",
+    ),
+    attach,
+    status,
+  );
+}
+
 function card(item) {
   const rejected = item.decision === "fail";
   return h(
@@ -128,6 +201,7 @@ function card(item) {
         h("span", { class: "mono" }, item.model_version),
       ),
       item.warnings && item.warnings.length ? h("p", { class: "warning" }, item.warnings.join("; ")) : null,
+      feedbackControls(item),
     ),
   );
 }

@@ -1,9 +1,11 @@
 // Objects: the serving model's enrolled objects with modalities, sample counts and threshold; a
 // histogram of recent raw scores (passed green, rejected red) with the threshold line, so an operator
-// can place the threshold by eye; set or clear the threshold (PATCH /objects/{name}, operator key).
+// can place the threshold by eye; set or clear the threshold (PATCH /objects/{name}, operator key);
+// the operators' pending corrections, a Refine button (POST /objects/{name}/refine) and what the last
+// refinement changed: false rejects on the parts marked good and misses on the reported defects.
 
-import { describeError, getJson, patchJson } from "./api.js";
-import { byId, formatNumber, h, notify, viewLifecycle } from "./dom.js";
+import { describeError, getJson, patchJson, postJson } from "./api.js";
+import { byId, confirmButton, formatNumber, formatPercent, h, notify, viewLifecycle } from "./dom.js";
 
 const BINS = 30;
 const REFRESH_MS = 5000;
@@ -207,7 +209,85 @@ function calibrationRange(calibration) {
   return Number.isFinite(low) && Number.isFinite(high) ? [low, high] : null;
 }
 
-function objectCard(info, scores) {
+function rate(value) {
+  return value === null || value === undefined ? "—" : formatPercent(value, 0);
+}
+
+// What the latest refinement job of the object did, from its metrics (before -> after).
+function refinementSummary(job) {
+  if (!job) {
+    return null;
+  }
+  const rates = job.metrics && job.metrics.refinement;
+  if (job.status !== "succeeded" || !rates) {
+    return h("p", { class: "refinement-result" }, `Last refinement: ${job.status} — ${job.message}`);
+  }
+  return h(
+    "p",
+    { class: "refinement-result" },
+    `Last refinement (${job.version}): false rejects on the parts marked good ` +
+      `${rate(rates.before.false_reject_rate)} → ${rate(rates.after.false_reject_rate)}, ` +
+      `misses on the reported defects ${rate(rates.before.miss_rate)} → ${rate(rates.after.miss_rate)}.`,
+  );
+}
+
+function correctionsPanel(info, feedback, job, message) {
+  if (feedback === undefined) {
+    return h("p", { class: "corrections muted" }, "Corrections: an operator key shows and refines them.");
+  }
+  const counts = feedback.counts;
+  const running = job && (job.status === "queued" || job.status === "running");
+  const refine = confirmButton(
+    "Refine",
+    "Click again to refine on these corrections",
+    async () => {
+      try {
+        const started = await postJson(`/objects/${encodeURIComponent(info.name)}/refine`, {});
+        notify(message, `Refinement queued (job ${started.job_id}); the Enrol view follows it.`, "ok");
+        refresh(true);
+      } catch (error) {
+        notify(message, describeError(error));
+      }
+    },
+    { class: "refine", disabled: running || feedback.pending.length === 0 },
+  );
+  return h(
+    "div",
+    { class: "corrections" },
+    h(
+      "p",
+      {},
+      `Pending corrections: ${counts.good || 0} marked good, ${counts.defective || 0} defective. `,
+      running ? h("span", { class: "tag warn" }, `refining (${job.stage})`) : null,
+    ),
+    refine,
+    refinementSummary(job),
+  );
+}
+
+async function objectFeedback(names) {
+  const entries = await Promise.all(
+    names.map((name) =>
+      getJson(`/objects/${encodeURIComponent(name)}/feedback`).then(
+        (feedback) => [name, feedback],
+        () => [name, undefined], // not an operator key
+      ),
+    ),
+  );
+  return new Map(entries);
+}
+
+function latestRefinements(jobs) {
+  const latest = new Map();
+  for (const job of jobs) {
+    if (job.kind === "refinement" && !latest.has(job.object)) {
+      latest.set(job.object, job); // newest first
+    }
+  }
+  return latest;
+}
+
+function objectCard(info, scores, feedback, job) {
   const canvas = h("canvas", {
     class: "histogram",
     role: "img",
@@ -262,6 +342,7 @@ function objectCard(info, scores) {
       chart.holdout ? [h("span", { class: "swatch holdout" }), " normal holdout range"] : null,
     ),
     thresholdEditor(info, chart, message),
+    correctionsPanel(info, feedback, job, message),
     message,
   );
 }
@@ -273,10 +354,16 @@ async function refresh(force = false) {
     return;
   }
   try {
-    const [list, scores] = await Promise.all([getJson("/objects"), getJson("/dashboard/scores")]);
+    const [list, scores, jobs] = await Promise.all([
+      getJson("/objects"),
+      getJson("/dashboard/scores"),
+      getJson("/jobs?limit=50").catch(() => ({ jobs: [] })), // a gateway without Redis has no jobs
+    ]);
+    const feedback = await objectFeedback(list.objects.map((info) => info.name));
+    const refinements = latestRefinements(jobs.jobs);
     notify(byId("objects-error"), "");
     // Rebuilding would wipe a threshold being typed: only when something changed.
-    const signature = JSON.stringify([list, scores.objects]);
+    const signature = JSON.stringify([list, scores.objects, [...feedback], [...refinements]]);
     if (!force && signature === lastSignature) {
       return;
     }
@@ -298,7 +385,9 @@ async function refresh(force = false) {
         .map((input) => [input.id, input.value]),
     );
     charts.clear();
-    const cardsBuilt = list.objects.map((info) => objectCard(info, scores.objects[info.name]));
+    const cardsBuilt = list.objects.map((info) =>
+      objectCard(info, scores.objects[info.name], feedback.get(info.name), refinements.get(info.name)),
+    );
     for (const built of cardsBuilt) {
       const old = messages.get(built.dataset.object);
       if (old && !old.hidden) {
