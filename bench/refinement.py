@@ -3,6 +3,7 @@ good, refine, and measure on parts neither step saw.
 
     python -m bench.refinement --data DIR [--objects cable_gland,rope,bottle] [--stream 50]
         [--minutes 4] [--seed 0] [--out out/refinement]
+    python -m bench.refinement --data DIR --over-http cable_gland [--stream 50]
 
 Per object, its train split is divided: every k-th image (`--stream` of them) is the stream of good
 parts a line would inspect after enrolment; the rest is what the operator enrolled (10 % of it held
@@ -15,6 +16,11 @@ threshold and I-AUROC, before and after; the refinement's own time and the time 
 the version (the rest of a refinement's way to serving, loading and warming up in the gateway, is
 measured for enrolments in docs/BENCHMARKS.md); every other object's maps before and after
 (bit-identical is the claim).
+
+`--over-http OBJECT` times the same loop as an operator runs it: `iumad serve` (embedded Redis + one
+worker, rejected parts' images kept) on a fresh data directory, the enrolled part of the train split
+uploaded, the stream inspected, every rejected part marked good (`POST /inspections/{id}/feedback`),
+then `POST /objects/{name}/refine` and the time until the gateway serves the refined version.
 """
 
 from __future__ import annotations
@@ -140,6 +146,72 @@ def _save_and_export_s(model: InspectionModel) -> float:
     return round(time.perf_counter() - started, 2)
 
 
+def refine_over_http(data: Path, name: str, stream_count: int) -> dict:
+    import io
+    import os
+    import zipfile
+
+    import httpx
+
+    from bench.service_load import free_port, start_server
+
+    split = split_object(data, name, stream_count)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:  # what the operator uploads: the enrolled pairs
+        for sample in [*split.train, *split.holdout]:
+            archive.write(sample.rgb_path, f"{name}/train/good/rgb/{sample.rgb_path.name}")
+            if sample.depth_path is not None:
+                archive.write(sample.depth_path, f"{name}/train/good/xyz/{sample.depth_path.name}")
+    os.environ["IUMAD_KEEP_REJECTED_IMAGES"] = "true"
+    with tempfile.TemporaryDirectory(prefix="iumad-refine-bench-") as folder:
+        port = free_port()
+        server = start_server(str(Path(folder) / "service"), port, Path(folder) / "serve.log")
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
+                enrolled = client.post(
+                    "/enroll-object", data={"object": name}, files={"archive": ("a.zip", buffer.getvalue())}
+                )
+                _served(client, enrolled.json()["job_id"])
+                marked = 0
+                for sample in split.stream:
+                    files = {"rgb": (sample.rgb_path.name, sample.rgb_path.read_bytes())}
+                    if sample.depth_path is not None:
+                        files["depth"] = (sample.depth_path.name, sample.depth_path.read_bytes())
+                    answer = client.post(
+                        "/inspect", data={"object": name, "mask": "none"}, files=files
+                    ).json()
+                    if answer["is_anomalous"]:
+                        client.post(f"/inspections/{answer['request_id']}/feedback", json={"verdict": "good"})
+                        marked += 1
+                started = time.perf_counter()
+                refined = client.post(f"/objects/{name}/refine", json={})
+                if refined.status_code != 202:
+                    return {"object": name, "marked_good": marked, "refine": refined.json()}
+                job = _served(client, refined.json()["job_id"])
+                return {
+                    "object": name,
+                    "stream": len(split.stream),
+                    "marked_good": marked,
+                    "request_to_serving_s": round(time.perf_counter() - started, 2),
+                    "job_timings": job["timings"],
+                    "status": job["status"],
+                }
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+
+
+def _served(client, job_id: str) -> dict:
+    """Follow a job to its end, then until the gateway answers with its version."""
+    while (job := client.get(f"/jobs/{job_id}").json())["status"] in ("queued", "running"):
+        time.sleep(0.25)
+    if job["status"] != "succeeded":
+        raise SystemExit(f"job {job_id} ended {job['status']}: {job['message']}")
+    while client.get("/readyz").json().get("model_version") != job["version"]:
+        time.sleep(0.05)
+    return job
+
+
 def markdown(rows: list[dict]) -> str:
     def percent(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.1f}"
@@ -180,9 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=4.0, help="training budget of each step")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("out/refinement"))
+    parser.add_argument("--over-http", metavar="OBJECT", help="time the loop over HTTP for this object")
     args = parser.parse_args(argv)
     if args.stream < 1 or not args.minutes > 0:
         parser.error("--stream must be at least 1 and --minutes positive")
+    if args.over_http:
+        print(json.dumps(refine_over_http(args.data, args.over_http, args.stream), indent=1))
+        return 0
     names = [n.strip() for n in args.objects.split(",") if n.strip()]
     splits = {name: split_object(args.data, name, args.stream) for name in names}
     options = TrainingOptions(seed=args.seed, stop_when_converged=True, max_seconds=60 * args.minutes)

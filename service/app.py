@@ -29,6 +29,7 @@ from service.job_metrics import JobMetrics
 from service.limits import UploadLimitMiddleware
 from service.lineage import Lineage
 from service.metrics import expose_without_created_series
+from service.openapi import install_schema
 from service.request_context import RequestIdMiddleware
 from service.routes import dashboard, enrolment, feedback, health, inspect, jobs, models, objects
 from service.runtime import ModelRuntime
@@ -155,6 +156,7 @@ def create_app(settings: Settings | None = None, redis: Any | None = None) -> Fa
         title="IB-IUMAD Inspect", version=__version__, description=API_DESCRIPTION, lifespan=lifespan
     )
     install_error_handlers(app)
+    install_schema(app)
     app.include_router(inspect.router)
     app.include_router(objects.router)
     app.include_router(models.router)

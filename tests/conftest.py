@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from service_processes import start_redis
 
+from iumad.embedded import RedisServerProcess
 from model.data.synthetic import write_synthetic_dataset
 
 
@@ -19,3 +22,11 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     write_synthetic_dataset(root, objects=3, size=64, n_train=6, n_validation=2, n_test=6, seed=0)
     return root
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServerProcess]:
+    """A private `redis-server` for one test module (the tests that need a real Redis)."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()

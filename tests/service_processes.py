@@ -133,3 +133,17 @@ def http_ready(url: str, path: str = "/healthz") -> bool:
         return httpx.get(url + path, timeout=2.0).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def part_files(rgb, depth) -> dict[str, tuple[str, bytes]]:
+    """A part's images as an inspection's multipart files: PNG RGB, float32 TIFF depth."""
+    import io
+
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    png, tiff = io.BytesIO(), io.BytesIO()
+    Image.fromarray(rgb).save(png, format="PNG")
+    tifffile.imwrite(tiff, np.asarray(depth, dtype=np.float32))
+    return {"rgb": ("part.png", png.getvalue()), "depth": ("part.tiff", tiff.getvalue())}

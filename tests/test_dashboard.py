@@ -22,10 +22,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import tifffile
 from fastapi.testclient import TestClient
 from PIL import Image
-from service_processes import http_ready, start_gateway, stop_process, tail, tiny_env, wait_until
+from service_processes import http_ready, part_files, start_gateway, stop_process, tail, tiny_env, wait_until
 from service_support import build_version, files_for, part, service_settings, wait_ready
 
 from model.data.decode import read_depth, read_rgb
@@ -492,13 +491,6 @@ def test_enrol_through_the_form_and_watch_the_job(session: Browser) -> None:
     session.screenshot("enrol")
 
 
-def _encode(rgb: np.ndarray, depth: np.ndarray) -> dict[str, tuple[str, bytes]]:
-    png, tiff = io.BytesIO(), io.BytesIO()
-    Image.fromarray(rgb).save(png, format="PNG")
-    tifffile.imwrite(tiff, depth.astype(np.float32))
-    return {"rgb": ("part.png", png.getvalue()), "depth": ("part.tiff", tiff.getvalue())}
-
-
 @pytest.mark.slow
 def test_inspections_appear_in_live_with_their_overlay(session: Browser) -> None:
     page = session.page
@@ -516,7 +508,7 @@ def test_inspections_appear_in_live_with_their_overlay(session: Browser) -> None
             "POST",
             "/inspect",
             data={"object": "disc", **fields},
-            files=_encode(part_rgb, part_depth),
+            files=part_files(part_rgb, part_depth),
             headers=key(CAMERA),
         )
         assert response.status_code == 200, response.text
@@ -527,7 +519,7 @@ def test_inspections_appear_in_live_with_their_overlay(session: Browser) -> None
             "POST",
             "/inspect",
             data={"object": "disc", "threshold": str(raw - 0.2 * (abs(raw) + 1))},
-            files=_encode(defect.rgb, defect.depth),
+            files=part_files(defect.rgb, defect.depth),
             headers=key(CAMERA),
         )
         answers.append(response.json())
@@ -656,7 +648,7 @@ def test_mark_a_false_reject_good_in_live_and_refine_in_objects(session: Browser
     folder = session.synthetic / "disc" / "test" / "good"
     rgb, depth = read_rgb(folder / "rgb" / "001.png"), read_depth(folder / "xyz" / "001.tiff")
     response = session.api(
-        "POST", "/inspect", data={"object": "disc", "threshold": "-1000"}, files=_encode(rgb, depth)
+        "POST", "/inspect", data={"object": "disc", "threshold": "-1000"}, files=part_files(rgb, depth)
     )  # a good part failed by a threshold under any score: a false reject
     assert response.status_code == 200 and response.json()["is_anomalous"], response.text
     session.tab("live")

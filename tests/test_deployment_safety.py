@@ -13,20 +13,12 @@ from redis import Redis
 from redis.exceptions import AuthenticationError, ResponseError
 from rq.exceptions import DeserializationError
 from rq.job import Job
-from service_processes import start_redis
 
 from core.settings import Settings, redacted_url
 from iumad.embedded import UNIX_SOCKET_MAX, RedisServerProcess
 from store.job_spec import EnrolmentSpec
 from store.job_store import JOB_SERIALIZER
 from store.queue import enqueue_enrolment
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServerProcess]:
-    server = start_redis(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ with pass/flag rates asserted for the base object and better-than-chance orderin
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
@@ -21,11 +20,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import tifffile
-from PIL import Image
 from service_processes import (
     http_ready,
     mvtec_zip,
+    part_files,
     start_gateway,
     start_redis,
     start_worker,
@@ -127,13 +125,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         server.stop()
 
 
-def _encode(rgb: np.ndarray, depth: np.ndarray) -> dict:
-    png, tiff = io.BytesIO(), io.BytesIO()
-    Image.fromarray(rgb).save(png, format="PNG")
-    tifffile.imwrite(tiff, depth.astype(np.float32))
-    return {"rgb": ("part.png", png.getvalue()), "depth": ("part.tiff", tiff.getvalue())}
-
-
 def _inspect_normal_and_defective(url: str, root: Path, name: str) -> tuple[np.ndarray, list[dict]]:
     """The test split's normal parts, and each with a clearly visible pasted defect (colour, dent)."""
     labels, answers = [], []
@@ -147,7 +138,7 @@ def _inspect_normal_and_defective(url: str, root: Path, name: str) -> tuple[np.n
             response = httpx.post(
                 url + "/inspect",
                 data={"object": name, "mask": "none"},
-                files=_encode(part_rgb, part_depth),
+                files=part_files(part_rgb, part_depth),
                 timeout=30,
             )
             assert response.status_code == 200, response.text

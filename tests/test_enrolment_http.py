@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 from rq import Queue
-from service_processes import mvtec_zip, start_redis
+from service_processes import mvtec_zip
 from service_support import build_version, png_bytes, service_settings, tiff_bytes
 
 from core.settings import Settings
@@ -32,13 +32,6 @@ from store.job_store import JobStore
 from store.registry import ModelRegistry
 
 OPERATOR, CAMERA = "operator-key", "camera-key"
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServerProcess]:
-    server = start_redis(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture

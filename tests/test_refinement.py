@@ -12,7 +12,8 @@ from tiny_model import TINY_CONFIG, TINY_OPTIONS, sample_source, tiny_objects, t
 from model.data.batches import InspectionInput
 from model.errors import ConflictError
 from model.inference import InspectionModel
-from model.training.refinement import refine_version
+from model.training.features import FeatureSet
+from model.training.refinement import refine_version, split_marked, with_share
 
 ADAPTED = dataclasses.replace(TINY_CONFIG, object_adapter_rank=4)
 
@@ -55,11 +56,14 @@ def test_the_refined_object_is_recalibrated_on_its_held_out_normals_and_measured
     assert (
         record.calibration["on"] == "holdout" and record.calibration["refined_in"] == result.manifest.version
     )
-    assert record.train_samples == parent.object("alpha").train_samples + len(marked_good)
+    # Half of the parts marked good calibrate (every second one), the rest train.
+    assert record.train_samples == parent.object("alpha").train_samples + 2
+    assert record.holdout_samples == parent.object("alpha").holdout_samples + 1
     assert record.threshold != parent.object("alpha").threshold
     training = result.manifest.training
     assert training["kind"] == "refinement" and training["refined_object"] == "alpha"
-    assert training["marked_good"] == 3 and training["defects"] == 2
+    assert training["marked_good"] == 3 and training["marked_good_calibrating"] == 1
+    assert training["defects"] == 2
     for rates in (result.before, result.after):
         assert len(rates.good_scores) == 3 and len(rates.defect_scores) == 2
         assert 0 <= rates.false_reject_rate <= 1 and 0 <= rates.miss_rate <= 1
@@ -71,3 +75,20 @@ def test_a_network_without_object_adapters_cannot_refine_one_object():
     parent = InspectionModel(base.net, base.manifest)
     with pytest.raises(ConflictError, match="object adapters"):
         refine_version(parent, "alpha", tiny_objects(("alpha",))[0], [], [], TINY_OPTIONS)
+
+
+def test_the_parts_marked_good_are_split_between_training_and_calibration_and_weighted():
+    parts = list(range(5))
+    train, calibrate = split_marked(parts, 0.5)
+    assert train == [0, 2, 4] and calibrate == [1, 3]
+    assert split_marked(parts, 0.0) == (parts, []) and split_marked([7], 0.5) == ([7], [])
+    features = FeatureSet(
+        torch.arange(10.0).view(10, 1, 1, 1),
+        torch.zeros(10, 1, 1, 1),
+        torch.ones(10, dtype=bool),
+        torch.ones(10, 1, 1),
+    )
+    weighted = with_share(features, 2, 0.25)  # 8 others, 2 marked good: repeated to a quarter of the set
+    values = weighted.rgb.flatten().tolist()
+    assert values[:8] == list(range(8)) and sorted(set(values[8:])) == [8.0, 9.0]
+    assert abs(len(values[8:]) / len(values) - 0.25) < 0.1

@@ -7,7 +7,6 @@ model settings, 64 px synthetic parts, as test_enrolment_e2e.py).
 
 from __future__ import annotations
 
-import io
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,11 +15,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import tifffile
-from PIL import Image
 from service_processes import (
     http_ready,
     mvtec_zip,
+    part_files,
     start_gateway,
     start_redis,
     start_worker,
@@ -91,13 +89,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         server.stop()
 
 
-def _files(rgb: np.ndarray, depth: np.ndarray) -> dict:
-    png, tiff = io.BytesIO(), io.BytesIO()
-    Image.fromarray(rgb).save(png, format="PNG")
-    tifffile.imwrite(tiff, depth.astype(np.float32))
-    return {"rgb": ("part.png", png.getvalue()), "depth": ("part.tiff", tiff.getvalue())}
-
-
 def _parts(root: Path, name: str) -> list[tuple[np.ndarray, np.ndarray]]:
     paths = sorted((root / name / "test" / "good" / "rgb").glob("*.png"))
     return [(read_rgb(p), read_depth(p.parent.parent / "xyz" / f"{p.stem}.tiff")) for p in paths]
@@ -105,7 +96,7 @@ def _parts(root: Path, name: str) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def _inspect(stack: Stack, name: str, rgb, depth, threshold: str | None = None) -> dict:
     fields = {"object": name, "mask": "none"} | ({"threshold": threshold} if threshold else {})
-    response = httpx.post(stack.url + "/inspect", data=fields, files=_files(rgb, depth), timeout=30)
+    response = httpx.post(stack.url + "/inspect", data=fields, files=part_files(rgb, depth), timeout=30)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -139,7 +130,7 @@ def test_corrections_refine_one_object_and_leave_the_other_untouched(stack: Stac
     reported = httpx.post(
         f"{stack.url}/inspections/{missed['request_id']}/feedback",
         data={"verdict": "defective"},
-        files=_files(defect.rgb, defect.depth),
+        files=part_files(defect.rgb, defect.depth),
     )
     assert reported.status_code == 200 and reported.json()["kind"] == "missed_defect", reported.text
     pending = httpx.get(f"{stack.url}/objects/{refined_name}/feedback").json()

@@ -10,7 +10,6 @@ import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 from rq import Queue
-from service_processes import start_redis
 from service_support import build_version, service_settings, wait_ready
 
 from core.settings import Settings
@@ -24,13 +23,6 @@ from store.queue import REFINEMENT_JOB
 from store.registry import ModelRegistry
 
 OPERATOR, CAMERA = "operator-key", "camera-key"
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServerProcess]:
-    server = start_redis(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture

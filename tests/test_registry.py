@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
-from service_processes import start_redis
 from tiny_model import train_tiny
 
 from iumad.embedded import RedisServerProcess
@@ -17,13 +16,6 @@ from model.checkpoint import save_version
 from model.errors import NotFoundError
 from store.job_store import JobStore
 from store.registry import ModelRegistry, StaleActivationError
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServerProcess]:
-    server = start_redis(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture

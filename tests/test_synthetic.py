@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 from scipy import ndimage
 
 from model.data.datasets import detect_layout, list_objects, list_samples
@@ -139,6 +140,22 @@ def test_object_names_and_bad_arguments(tmp_path):
         write_synthetic_dataset(tmp_path, objects=1, size=8)
 
 
-def test_render_sample_grid(synthetic_root, tmp_path):
-    picture = render_sample_grid(synthetic_root, tmp_path / "grid.png", tile=32)
-    assert picture.is_file() and picture.stat().st_size > 1000
+def test_the_sample_grid_shows_each_object_and_defect_kind_with_its_outlined_truth(synthetic_root, tmp_path):
+    tile = 32
+    picture = np.asarray(
+        Image.open(render_sample_grid(synthetic_root, tmp_path / "grid.png", tile=tile)).convert("RGB")
+    )
+    objects = sorted(p.name for p in synthetic_root.iterdir() if (p / "test").is_dir())
+    label_height, label_width, gap = 18, 70, 6
+    assert picture.shape[0] == label_height + len(objects) * (tile + gap)
+    assert picture.shape[1] == label_width + (1 + len(DEFECTS)) * (3 * tile + gap)
+    for row in range(len(objects)):
+        top = label_height + row * (tile + gap)
+        good = picture[top : top + tile, label_width + 2 * tile : label_width + 3 * tile]
+        kinds = [k for k in DEFECTS if (synthetic_root / objects[row] / "test" / k / "rgb").is_dir()]
+        panels = [label_width + (1 + DEFECTS.index(kind)) * (3 * tile + gap) + 2 * tile for kind in kinds]
+        marked = np.concatenate([picture[top : top + tile, left : left + tile] for left in panels], axis=1)
+        red = (marked[..., 0] > 200) & (marked[..., 1] < 60) & (marked[..., 2] < 60)
+        assert red.any(), "each object's defects have their ground truth outlined in red"
+        assert not ((good[..., 0] > 200) & (good[..., 1] < 60) & (good[..., 2] < 60)).any()
+        assert picture[top : top + tile, label_width : label_width + tile].std() > 1  # a part, not blank

@@ -1,15 +1,18 @@
 """A refinement: one enrolled object learns from the parts it got wrong, and no other object moves.
 
 Operators mark false rejects good and report defects (store/feedback.py). A refinement continues
-that object's own adapters from the serving version on its stored normal samples plus the parts
-marked good, then re-calibrates it on its held-out normals (the threshold rule is unchanged: the
-false-reject target on normals the network never trained on). Every shared weight and every other
-object's adapters are frozen, and their records are copied as they are, so every other object
-reconstructs, calibrates and scores bit-identically (docs/MODEL.md, object adapters).
+that object's own adapters from the serving version on its stored normal samples plus half of the
+parts marked good (repeated to a quarter of each epoch), and re-calibrates it on its held-out
+normals plus the other half (`RefinementRecipe`): the threshold rule is unchanged, the false-reject
+target on normals the network never trained on, which now include parts an operator confirmed.
+Every shared weight and every other object's adapters are frozen, and their records are copied as
+they are, so every other object reconstructs, calibrates and scores bit-identically (docs/MODEL.md,
+object adapters).
 
 The confirmed and missed defects never train the network (it learns normality only); they measure
-it: the result reports, before and after, the miss rate on them and the false-reject rate on the
-parts marked good, each at the model's own threshold.
+it: the result reports, before and after, the miss rate on them and the false-reject rate on all
+the parts marked good (the calibrating half included, so "after" is partly in-sample), each at the
+model's own threshold.
 """
 
 from __future__ import annotations
@@ -32,6 +35,19 @@ from model.training.features import FeatureSet, ObjectSamples, step_features
 from model.training.loop import fit
 from model.training.options import ProgressCallback, TrainingOptions
 from model.training.trainer import TrainingResult, calibrated_on, convergence_watch
+
+
+@dataclass(frozen=True)
+class RefinementRecipe:
+    """How the parts marked good are used (docs/BENCHMARKS.md, "Refinement", says why these values).
+
+    `calibration_share` of them (every k-th) join the held-out normals that set the threshold and
+    tell when training has converged, and are never trained on; the rest train, repeated so that
+    they make up `good_share` of every epoch (among some hundred stored normals, ten hard ones
+    drawn at their own rate barely move the adapters)."""
+
+    good_share: float = 0.25
+    calibration_share: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -70,25 +86,28 @@ def refine_version(
     progress: ProgressCallback | None = None,
     should_cancel: Callable[[], bool] | None = None,
     version: str | None = None,
+    recipe: RefinementRecipe = RefinementRecipe(),
 ) -> RefinementResult:
     """A new version in which object `name` has learned `normals` (its stored samples, with a
-    held-out part) plus `marked_good`; `defects` only measure it."""
+    held-out part) plus `marked_good` (as `recipe` says); `defects` only measure it."""
     options = options or TrainingOptions()
     torch.manual_seed(options.seed)
     record = _refinable(parent, name, normals)
     report = progress or (lambda fraction, stage, details: None)
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    good_train, good_calibration = split_marked(marked_good, recipe.calibration_share)
     training_set = ObjectSamples(
-        name, [*normals.train, *marked_good], normals.holdout, record.target_false_reject_rate
-    )
+        name, [*normals.train, *good_train], [*normals.holdout, *good_calibration],
+        record.target_false_reject_rate,
+    )  # fmt: skip
     features = step_features([training_set], parent.config, options, report, should_cancel)
     timings["features_s"] = round(time.perf_counter() - started, 2)
 
     started = time.perf_counter()
     net = clone_net(parent.net)
     train_only_object_adapters(net, record.label)
-    train = features.train[name]
+    train = with_share(features.train[name], len(good_train), recipe.good_share)
     summary = fit(
         net,
         train,
@@ -112,6 +131,8 @@ def refine_version(
         "refined_object": name,
         "new_objects": [],
         "marked_good": len(marked_good),
+        "marked_good_calibrating": len(good_calibration),
+        "recipe": asdict(recipe),
         "defects": len(defects),
         "options": asdict(options),
         "timings": timings,
@@ -127,6 +148,29 @@ def refine_version(
     manifest.metrics["refinement"] = {"before": asdict(before), "after": asdict(after)}
     report(1.0, "trained", {})
     return RefinementResult(net=net, manifest=manifest, before=before, after=after)
+
+
+def split_marked(
+    marked_good: Sequence[SampleSource], calibration_share: float
+) -> tuple[list[SampleSource], list[SampleSource]]:
+    """(to train, to calibrate): every k-th part calibrates, at least one part trains."""
+    if calibration_share <= 0 or len(marked_good) < 2:
+        return list(marked_good), []
+    every = max(2, round(1 / calibration_share))
+    calibrating = [s for i, s in enumerate(marked_good) if i % every == every - 1]
+    return [s for i, s in enumerate(marked_good) if i % every != every - 1], calibrating
+
+
+def with_share(features: FeatureSet, last: int, share: float) -> FeatureSet:
+    """`features` whose `last` rows are repeated until they make up about `share` of the set."""
+    if last == 0 or share <= 0:
+        return features
+    others = len(features) - last
+    repeats = max(1, round(share * others / ((1 - share) * last)))
+    index = torch.cat([torch.arange(others), torch.arange(others, len(features)).repeat(repeats)])
+    return FeatureSet(
+        features.rgb[index], features.depth[index], features.has_depth[index], features.depth_valid[index]
+    )
 
 
 def _refinable(parent: InspectionModel, name: str, normals: ObjectSamples) -> ObjectRecord:
@@ -167,6 +211,7 @@ def _recalibrated(
         score_std=result.score_std,
         threshold=result.threshold,
         train_samples=train_samples,
+        holdout_samples=len(holdout),
         calibration={**result.summary, "on": "holdout", "refined_in": version},
     )
 

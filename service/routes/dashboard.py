@@ -107,7 +107,7 @@ def recent_inspections(
     summary="A recent inspection's thumbnail: rgb, heatmap (RGBA overlay) or outline (RGBA overlay)",
     response_class=Response,
     responses={
-        200: {"content": {"image/png": {}}},
+        200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
         404: {"description": "Unknown or forgotten inspection, or no outline (the part passed)."},
     },
 )

@@ -21,7 +21,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 JobId = Annotated[str, Path(pattern=JOB_ID_ANCHORED, description="A job id from POST /enroll-object.")]
 
 
-@router.get("", response_model=JobList, summary="Recent enrolment jobs, newest first")
+@router.get("", response_model=JobList, summary="Recent jobs (enrolments and refinements), newest first")
 def list_jobs(
     _role: InspectRole,
     lineage: LineageDep,
@@ -37,6 +37,10 @@ def list_jobs(
     "/{job_id}",
     response_model=Job,
     summary="One job: status, progress, stage, timings, resulting version and metrics",
+    responses={
+        404: {"description": "Unknown job."},
+        503: {"description": "This gateway runs without Redis."},
+    },
 )
 def get_job(
     job_id: JobId,
