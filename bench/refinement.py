@@ -19,8 +19,10 @@ measured for enrolments in docs/BENCHMARKS.md); every other object's maps before
 
 `--over-http OBJECT` times the same loop as an operator runs it: `iumad serve` (embedded Redis + one
 worker, rejected parts' images kept) on a fresh data directory, the enrolled part of the train split
-uploaded, the stream inspected, every rejected part marked good (`POST /inspections/{id}/feedback`),
-then `POST /objects/{name}/refine` and the time until the gateway serves the refined version.
+uploaded, the stream inspected, and every stream part marked good (`POST /inspections/{id}/feedback`:
+a rejected part's images as the gateway kept them, a passed part's attached), so that the
+refinement has `--stream` corrections; then `POST /objects/{name}/refine` and the time until the
+gateway serves the refined version.
 """
 
 from __future__ import annotations
@@ -172,7 +174,7 @@ def refine_over_http(data: Path, name: str, stream_count: int) -> dict:
                     "/enroll-object", data={"object": name}, files={"archive": ("a.zip", buffer.getvalue())}
                 )
                 _served(client, enrolled.json()["job_id"])
-                marked = 0
+                rejected = 0
                 for sample in split.stream:
                     files = {"rgb": (sample.rgb_path.name, sample.rgb_path.read_bytes())}
                     if sample.depth_path is not None:
@@ -180,18 +182,24 @@ def refine_over_http(data: Path, name: str, stream_count: int) -> dict:
                     answer = client.post(
                         "/inspect", data={"object": name, "mask": "none"}, files=files
                     ).json()
+                    path = f"/inspections/{answer['request_id']}/feedback"
                     if answer["is_anomalous"]:
-                        client.post(f"/inspections/{answer['request_id']}/feedback", json={"verdict": "good"})
-                        marked += 1
+                        rejected += 1
+                        marked = client.post(path, json={"verdict": "good"})
+                    else:
+                        marked = client.post(path, data={"verdict": "good"}, files=files)
+                    if marked.status_code != 200:
+                        raise SystemExit(f"marking {sample.name}: HTTP {marked.status_code} {marked.text}")
                 started = time.perf_counter()
                 refined = client.post(f"/objects/{name}/refine", json={})
                 if refined.status_code != 202:
-                    return {"object": name, "marked_good": marked, "refine": refined.json()}
+                    raise SystemExit(f"refining {name}: HTTP {refined.status_code} {refined.text}")
                 job = _served(client, refined.json()["job_id"])
                 return {
                     "object": name,
                     "stream": len(split.stream),
-                    "marked_good": marked,
+                    "rejected_in_stream": rejected,
+                    "marked_good": len(split.stream),
                     "request_to_serving_s": round(time.perf_counter() - started, 2),
                     "job_timings": job["timings"],
                     "status": job["status"],

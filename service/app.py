@@ -63,8 +63,13 @@ RGB + depth anomaly detection for production lines: one unified model for every 
 
 
 def _upload_limits(settings: Settings) -> dict[str, int]:
-    """Per-path body limits; anything else gets `limits.DEFAULT_BODY_LIMIT` (1 MiB)."""
-    return {"/inspect": settings.max_inspect_bytes, "/enroll-object": settings.max_enroll_bytes}
+    """Per-path body limits; anything else gets `limits.DEFAULT_BODY_LIMIT` (1 MiB). A verdict may
+    carry the part's images (POST /inspections/{id}/feedback): an inspection's limit."""
+    return {
+        "/inspect": settings.max_inspect_bytes,
+        "/inspections/": settings.max_inspect_bytes,
+        "/enroll-object": settings.max_enroll_bytes,
+    }
 
 
 def _remove_abandoned_uploads(settings: Settings) -> None:

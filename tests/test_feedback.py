@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from service_support import (
@@ -127,6 +128,20 @@ def test_attached_images_must_match_the_objects_modalities(client, kind, with_de
     )
     assert response.status_code == status, response.text
     assert words in response.json()["error"]["message"]
+
+
+def test_a_part_attached_at_full_size_is_accepted_as_an_inspection_would_be(client):
+    answer = inspect(client, "beta", 8, rejected=False)
+    noise = np.random.default_rng(0).integers(0, 256, (900, 900, 3), dtype=np.uint8)
+    image = png_bytes(noise)
+    assert len(image) > 2 * 1024 * 1024  # past the 1 MiB that bodies of other routes may have
+    response = client.post(
+        f"/inspections/{answer['request_id']}/feedback",
+        headers=OPERATOR_HEADERS,
+        data={"verdict": "defective"},
+        files={"rgb": ("big.png", image, "image/png")},
+    )
+    assert response.status_code == 200, response.text
 
 
 def test_an_unreadable_attachment_is_a_400_and_stores_nothing(client):
