@@ -6,10 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis import Redis
 from service_processes import start_redis
 
 from iumad.embedded import RedisServerProcess
 from model.data.synthetic import write_synthetic_dataset
+from store.connection import connect_redis
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +32,12 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = start_redis(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def redis(redis_server: RedisServerProcess) -> Iterator[Redis]:
+    """A client of the module's private Redis, emptied for each test."""
+    client = connect_redis(redis_server.url)
+    client.flushdb()
+    yield client
+    client.close()

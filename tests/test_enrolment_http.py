@@ -24,7 +24,7 @@ from service_processes import mvtec_zip
 from service_support import build_version, png_bytes, service_settings, tiff_bytes
 
 from core.settings import Settings
-from iumad.embedded import RedisServerProcess, free_port
+from iumad.embedded import free_port
 from service.app import create_app
 from service.executors import BackgroundProcesses
 from store.connection import connect_redis
@@ -43,14 +43,6 @@ def settings(tmp_path: Path) -> Settings:
         min_enroll_samples=5,
         max_enroll_bytes=150 * 1024 * 1024,
     )
-
-
-@pytest.fixture
-def redis(redis_server: RedisServerProcess) -> Iterator[Redis]:
-    client = connect_redis(redis_server.url)
-    client.flushdb()
-    yield client
-    client.close()
 
 
 @pytest.fixture

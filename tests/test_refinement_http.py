@@ -13,10 +13,8 @@ from rq import Queue
 from service_support import build_version, service_settings, wait_ready
 
 from core.settings import Settings
-from iumad.embedded import RedisServerProcess
 from service.app import create_app
 from service.decision_log import utc_now_iso
-from store.connection import connect_redis
 from store.feedback import Correction, InspectionFacts
 from store.job_store import JOB_SERIALIZER, JobStore
 from store.queue import REFINEMENT_JOB
@@ -28,14 +26,6 @@ OPERATOR, CAMERA = "operator-key", "camera-key"
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return service_settings(tmp_path / "data", operator_api_keys=[OPERATOR], inspect_api_keys=[CAMERA])
-
-
-@pytest.fixture
-def redis(redis_server: RedisServerProcess) -> Iterator[Redis]:
-    client = connect_redis(redis_server.url)
-    client.flushdb()
-    yield client
-    client.close()
 
 
 @pytest.fixture
