@@ -38,6 +38,7 @@ import numpy as np
 
 from model.data.datasets import list_samples
 from model.data.samples import Sample
+from model.errors import InputError
 from model.evaluation.evaluate import predict_samples
 from model.evaluation.metrics import image_auroc
 from model.inference import InspectionModel
@@ -148,7 +149,7 @@ def _save_and_export_s(model: InspectionModel) -> float:
     return round(time.perf_counter() - started, 2)
 
 
-def refine_over_http(data: Path, name: str, stream_count: int) -> dict:
+def refine_over_http(name: str, split: ObjectSplit) -> dict:
     import io
     import os
     import zipfile
@@ -157,7 +158,6 @@ def refine_over_http(data: Path, name: str, stream_count: int) -> dict:
 
     from bench.service_load import free_port, start_server
 
-    split = split_object(data, name, stream_count)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:  # what the operator uploads: the enrolled pairs
         for sample in [*split.train, *split.holdout]:
@@ -264,11 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.stream < 1 or not args.minutes > 0:
         parser.error("--stream must be at least 1 and --minutes positive")
+    names = [args.over_http] if args.over_http else [n.strip() for n in args.objects.split(",") if n.strip()]
+    try:  # an unknown object or folder stops here, before any training
+        splits = {name: split_object(args.data, name, args.stream) for name in names}
+    except InputError as error:
+        parser.error(str(error))
     if args.over_http:
-        print(json.dumps(refine_over_http(args.data, args.over_http, args.stream), indent=1))
+        print(json.dumps(refine_over_http(args.over_http, splits[args.over_http]), indent=1))
         return 0
-    names = [n.strip() for n in args.objects.split(",") if n.strip()]
-    splits = {name: split_object(args.data, name, args.stream) for name in names}
     options = TrainingOptions(seed=args.seed, stop_when_converged=True, max_seconds=60 * args.minutes)
     model = enrol_all(splits, options)
     rows = []

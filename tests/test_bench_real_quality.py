@@ -47,3 +47,21 @@ def test_bad_options_stop_before_any_work(synthetic_root, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--data", str(synthetic_root), "--config", '{"map_stride": 5}'])
     assert stop.value.code == 2 and "map_stride must be one of 8, 16" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "arguments,message",
+    [
+        (["--objects", "nope"], "unknown object 'nope'"),
+        (["--over-http", "nope"], "unknown object 'nope'"),
+        (["--stream", "0"], "--stream must be at least 1"),
+    ],
+)
+def test_the_refinement_benchmark_refuses_bad_arguments_with_exit_2(
+    synthetic_root, capsys, arguments, message
+):
+    from bench.refinement import main as refinement_main
+
+    with pytest.raises(SystemExit) as stop:
+        refinement_main(["--data", str(synthetic_root), *arguments])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
